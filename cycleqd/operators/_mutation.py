@@ -1,0 +1,183 @@
+"""Mutation: perturbing a child genome along singular directions, or with noise."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from cycleqd._registry import Registry
+from cycleqd.errors import CycleQDError
+from cycleqd.genome import Genome, LowRankTerm, NoiseTerm
+from cycleqd.materialize import Materializer
+from cycleqd.weights import DEFAULT_SVD_EXCLUDE, WeightSpace
+
+__all__ = ["MUTATIONS", "GaussianMutation", "MutationContext", "NoMutation", "SvdChild",
+           "SvdExpert", "svd_child_error_bound"]
+
+#: Mutation operators by name; plug-ins extend it through the ``cycleqd.mutation`` group.
+MUTATIONS: Registry = Registry(kind="mutation", entry_point_group="cycleqd.mutation")
+
+
+@dataclass
+class MutationContext:
+    """What a mutation may use besides the genome.
+
+    Attributes:
+        space: the weight space (SVD factors of the experts' task vectors).
+        materializer: turns the child into weights (``svd_child`` needs them).
+        active_task: index of the task whose archive is active this generation.
+        rng: the run's random generator.
+    """
+
+    space: WeightSpace
+    materializer: Materializer
+    active_task: int
+    rng: np.random.Generator
+
+
+def _check_rate(name: str, value: float) -> None:
+    if not (value >= 0 and math.isfinite(value)):
+        raise CycleQDError(f"{name} must be a finite number >= 0, got {value}")
+
+
+@MUTATIONS.register("svd_expert")
+class SvdExpert:
+    """The reference code's SVD mutation: add ``U_k diag(r ⊙ S_k) V_kᵀ``, ``r ~ U[0, 1) · rate``.
+
+    ``U_k S_k V_kᵀ`` is the SVD of the active task's expert task vector, per target matrix,
+    computed once per run and cached (on disk with a cache directory). The drawn ``r`` are stored
+    in the genome, so replay does not depend on a random generator.
+
+    Args:
+        rate: scale of ``r`` (reference: 0.1).
+        rank: keep only the top ``rank`` singular directions (``None``: all).
+        include: regex of the matrices to mutate (default: every 2-D tensor).
+        exclude: regex of matrices left alone (default: embeddings and output heads).
+    """
+
+    def __init__(self, *, rate: float = 0.1, rank: int | None = None, include: str | None = None,
+                 exclude: str | None = DEFAULT_SVD_EXCLUDE) -> None:
+        _check_rate("svd_expert rate", rate)
+        self.rate, self.rank, self.include, self.exclude = rate, rank, include, exclude
+
+    def __call__(self, genome: Genome, ctx: MutationContext) -> Genome:
+        """``genome`` plus a spectral term along the active expert's singular directions."""
+        space, k = ctx.space, ctx.active_task
+        names = space.svd_targets(self.include, self.exclude)
+        factors = space.svd_factors(k, names, rank=self.rank)
+        coords = {
+            space.index(n): torch.from_numpy(ctx.rng.random(factors[n][1].shape[0]) * self.rate
+                                             ).float()
+            for n in names
+        }
+        return genome.with_terms(spectral={(k, self.rank): coords},
+                                 mutation={"op": "svd_expert", "expert": k, "rate": self.rate})
+
+
+def svd_child_error_bound(tail: float, rank: int, oversample: int) -> float:
+    """Bound on ``svd_child``'s relative reconstruction error.
+
+    For the randomised range finder with ``p = oversample`` extra samples, Halko, Martinsson and
+    Tropp (2011, Thm. 10.5) bound the expected Frobenius error by ``sqrt(1 + r / (p − 1))`` times
+    the optimal rank-``r`` error ``tail = (Σ_{j>r} σ_j²)^{1/2} / ||τ||_F``; power iterations only
+    tighten it. With ``rank >= min(m, n)`` the SVD is exact and the bound is rounding error.
+    """
+    return math.sqrt(1 + rank / max(oversample - 1, 1)) * tail + 1e-5
+
+
+@MUTATIONS.register("svd_child")
+class SvdChild:
+    """The paper's SVD mutation: rescale the child's own spectrum, ``U S Vᵀ → U (S ⊙ w) Vᵀ``.
+
+    The child's task vector of each target matrix is factored by a truncated randomised SVD
+    (``torch.svd_lowrank``) of rank ``rank``; its top singular values are rescaled by
+    ``w ~ U[1 − scale, 1 + scale)``; the change ``U diag(S ⊙ (w − 1)) Vᵀ`` is stored in the genome
+    as a low-rank term. The spectrum beyond ``rank`` is kept as it is (not rescaled); the share of
+    the task vector it holds — the relative reconstruction error of the truncated SVD — is recorded
+    in the genome's provenance (``svd_child_error``) and obeys :func:`svd_child_error_bound`.
+
+    Args:
+        rank: singular directions rescaled per matrix.
+        scale: half-width of the rescaling factors' range.
+        oversample: extra random samples of the randomised SVD.
+        niter: its power iterations.
+        include: regex of the matrices to mutate (default: every 2-D tensor).
+        exclude: regex of matrices left alone (default: embeddings and output heads).
+    """
+
+    def __init__(self, *, rank: int = 16, scale: float = 0.1, oversample: int = 8, niter: int = 2,
+                 include: str | None = None, exclude: str | None = DEFAULT_SVD_EXCLUDE) -> None:
+        _check_rate("svd_child scale", scale)
+        if rank < 1 or oversample < 0 or niter < 0:
+            raise CycleQDError("svd_child needs rank >= 1, oversample >= 0, niter >= 0")
+        self.rank, self.scale, self.oversample, self.niter = rank, scale, oversample, niter
+        self.include, self.exclude = include, exclude
+
+    def factor(self, tau: torch.Tensor, seed: int) -> tuple[torch.Tensor, ...]:
+        """Truncated SVD ``(U, S, V)`` of ``tau`` (fp32) and its relative reconstruction error."""
+        m, n = tau.shape
+        r = min(self.rank, m, n)
+        if r + self.oversample >= min(m, n):
+            U, S, Vh = torch.linalg.svd(tau, full_matrices=False)
+            U, S, V = U[:, :r], S[:r], Vh[:r].T
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                U, S, V = torch.svd_lowrank(tau, q=r + self.oversample, niter=self.niter)
+            U, S, V = U[:, :r], S[:r], V[:, :r]
+        norm = torch.linalg.norm(tau)
+        residual = torch.linalg.norm(tau - (U * S) @ V.T)
+        error = (residual / norm).item() if norm > 0 else 0.0
+        return U.contiguous(), S.contiguous(), V.contiguous(), torch.tensor(error)
+
+    def __call__(self, genome: Genome, ctx: MutationContext) -> Genome:
+        """``genome`` plus low-rank terms rescaling its own top singular values."""
+        space = ctx.space
+        weights = ctx.materializer.materialize(genome)
+        terms, errors = [], {}
+        seed = int(ctx.rng.integers(2**31))
+        for name in space.svd_targets(self.include, self.exclude):
+            t = space.index(name)
+            tau = weights[name].float() - space.base_tensor(name).float()
+            U, S, V, error = self.factor(tau, seed + t)
+            w = torch.from_numpy(ctx.rng.uniform(1 - self.scale, 1 + self.scale, S.shape[0]))
+            terms.append(LowRankTerm(f"{seed}:{t}", t, U.cpu(), (S * (w.float().to(S) - 1)).cpu(),
+                                     V.cpu()))
+            errors[name] = float(error)
+        return genome.with_terms(lowrank=terms, mutation={
+            "op": "svd_child", "rank": self.rank, "scale": self.scale, "seed": seed,
+            "svd_child_error": max(errors.values(), default=0.0)})
+
+
+@MUTATIONS.register("gaussian")
+class GaussianMutation:
+    """Isotropic Gaussian noise ``N(0, std²)`` on every floating tensor (the ablation baseline).
+
+    The noise is drawn from a recorded seed per tensor, so the genome stays small.
+
+    Args:
+        std: the noise's standard deviation, in weight units.
+    """
+
+    def __init__(self, *, std: float = 0.01) -> None:
+        _check_rate("gaussian std", std)
+        self.std = std
+
+    def __call__(self, genome: Genome, ctx: MutationContext) -> Genome:
+        """``genome`` plus a seeded noise term."""
+        seed = int(ctx.rng.integers(2**62))
+        scale = torch.full((genome.num_tensors,), float(self.std))
+        return genome.with_terms(noise=[NoiseTerm(seed, scale)],
+                                 mutation={"op": "gaussian", "std": self.std, "seed": seed})
+
+
+@MUTATIONS.register("none")
+class NoMutation:
+    """No mutation."""
+
+    def __call__(self, genome: Genome, ctx: MutationContext) -> Genome:
+        """``genome`` unchanged."""
+        return genome

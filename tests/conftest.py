@@ -1,0 +1,92 @@
+"""Shared fixtures: tiny weight spaces (synthetic and a real transformers Llama)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from cycleqd import WeightSpace
+
+EXPERTS = ("code", "sql", "shell")
+
+
+def synthetic_state_dicts(seed: int = 0, *, dtype: torch.dtype = torch.float32):
+    """A Llama-named base and three experts: two layers, odd shapes, one integer buffer."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=gen).to(dtype)
+
+    base = {"model.embed_tokens.weight": rand(11, 6), "model.norm.weight": rand(6),
+            "lm_head.weight": rand(11, 6), "model.position_ids": torch.arange(7)}
+    for layer in range(2):
+        p = f"model.layers.{layer}."
+        base |= {p + "self_attn.q_proj.weight": rand(6, 6), p + "self_attn.k_proj.weight": rand(3, 6),
+                 p + "mlp.up_proj.weight": rand(10, 6), p + "mlp.down_proj.weight": rand(6, 10),
+                 p + "input_layernorm.weight": rand(6)}
+    experts = {}
+    for name in EXPERTS:
+        experts[name] = {k: (v + 0.1 * rand(*v.shape) if v.is_floating_point() else v.clone())
+                         for k, v in base.items()}
+    return base, experts
+
+
+@pytest.fixture
+def state_dicts():
+    return synthetic_state_dicts()
+
+
+@pytest.fixture
+def space(state_dicts):
+    base, experts = state_dicts
+    return WeightSpace(base=base, experts=experts)
+
+
+def save_safetensors_space(root: Path, seed: int = 0) -> tuple[Path, dict[str, Path]]:
+    """Write a synthetic base and experts as .safetensors files under ``root``."""
+    base, experts = synthetic_state_dicts(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    save_file(base, root / "base.safetensors")
+    paths = {}
+    for name, sd in experts.items():
+        save_file(sd, root / f"{name}.safetensors")
+        paths[name] = root / f"{name}.safetensors"
+    return root / "base.safetensors", paths
+
+
+def tiny_llama_config():
+    from transformers import LlamaConfig
+
+    return LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                       num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32,
+                       tie_word_embeddings=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dirs(tmp_path_factory):
+    """A tiny transformers Llama base and three experts saved with save_pretrained."""
+    from transformers import LlamaForCausalLM
+
+    root = tmp_path_factory.mktemp("llama")
+    torch.manual_seed(0)
+    base = LlamaForCausalLM(tiny_llama_config())
+    base.save_pretrained(root / "base")
+    experts = {}
+    for i, name in enumerate(EXPERTS):
+        torch.manual_seed(100 + i)
+        model = LlamaForCausalLM(tiny_llama_config())
+        model.load_state_dict(base.state_dict())
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.02 * torch.randn_like(p))
+        model.save_pretrained(root / name)
+        experts[name] = root / name
+    return root / "base", experts
+
+
+def write_json(path: Path, data) -> None:
+    path.write_text(json.dumps(data))
