@@ -54,15 +54,22 @@ def merge_plan(method: Any, n_parents: int) -> tuple[bool, list[str], int | None
     try:
         contract.validate_ids(ids, None if base_index is None else ids[base_index])
     except ValueError as exc:
-        raise CycleQDError(f"mergekit method {method.spec.name!r} cannot merge {n_parents} "
-                           f"parents: {exc}") from exc
+        raise CycleQDError(
+            f"mergekit method {method.spec.name!r} cannot merge {n_parents} parents: {exc}"
+        ) from exc
     return with_base, ids, base_index
 
 
-def mergekit_merge(method_name: str, base: torch.Tensor, parents: Sequence[torch.Tensor], *,
-                   parameters: Mapping[str, Any] | None = None,
-                   weights: Sequence[float] | None = None, seed: int = 0,
-                   name: str | None = None) -> torch.Tensor:
+def mergekit_merge(
+    method_name: str,
+    base: torch.Tensor,
+    parents: Sequence[torch.Tensor],
+    *,
+    parameters: Mapping[str, Any] | None = None,
+    weights: Sequence[float] | None = None,
+    seed: int = 0,
+    name: str | None = None,
+) -> torch.Tensor:
     """Merge one tensor with mergekit's ``merge_tensors``, deterministically.
 
     Inputs are arranged by :func:`merge_plan`; ``weights`` become the
@@ -83,5 +90,13 @@ def mergekit_merge(method_name: str, base: torch.Tensor, parents: Sequence[torch
     devices = [base.device] if base.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
-        return merge_tensors(tensors, method, parameters=params, ids=ids, base_index=base_index,
-                             name=name, dtype=torch.float32, out_dtype=torch.float32)
+        return merge_tensors(
+            tensors,
+            method,
+            parameters=params,
+            ids=ids,
+            base_index=base_index,
+            name=name,
+            dtype=torch.float32,
+            out_dtype=torch.float32,
+        )

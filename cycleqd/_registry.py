@@ -119,7 +119,8 @@ class Registry(Generic[T]):
             inspect.signature(factory).bind(**params)
         except TypeError as exc:
             accepted = ", ".join(
-                p.name for p in inspect.signature(factory).parameters.values()
+                p.name
+                for p in inspect.signature(factory).parameters.values()
                 if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
             )
             raise CycleQDError(

@@ -18,8 +18,10 @@ from cycleqd.errors import ModelLoadError
 __all__ = ["load_state_dict", "PICKLE_SUFFIXES"]
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-_FORMAT_HINT = ("give a Hugging Face model directory (config.json + *.safetensors weights) or a "
-                ".safetensors state-dict file")
+_FORMAT_HINT = (
+    "give a Hugging Face model directory (config.json + *.safetensors weights) or a "
+    ".safetensors state-dict file"
+)
 
 
 def _refuse_pickle(what: str, files: list[Path]) -> None:
@@ -57,8 +59,9 @@ def _check_hf_config(directory: Path, what: str) -> None:
         ) from exc
 
 
-def load_state_dict(path: str | Path, *, what: str = "model",
-                    allow_pickle: bool = False) -> dict[str, torch.Tensor]:
+def load_state_dict(
+    path: str | Path, *, what: str = "model", allow_pickle: bool = False
+) -> dict[str, torch.Tensor]:
     """Load every tensor of a checkpoint onto the CPU.
 
     Args:

@@ -59,8 +59,10 @@ class NoiseTerm:
 
 @dataclass(frozen=True, eq=False)
 class LowRankTerm:
-    """``u diag(s) vᵀ`` added to 2-D tensor ``tensor``; ``key`` identifies its origin, so that
-    copies reaching a child through both parents merge.
+    """``u diag(s) vᵀ`` added to 2-D tensor ``tensor``.
+
+    ``key`` identifies the term's origin, so that copies reaching a child through both parents
+    merge.
     """
 
     key: str
@@ -123,9 +125,13 @@ class Genome:
         if (self.coefficients is None) == (self.merge is None):
             raise CycleQDError("a genome is either a linear form or a merge node, not both/neither")
         if self.coefficients is not None and tuple(self.coefficients.shape) != (
-                self.num_tensors, self.num_experts):
-            raise CycleQDError(f"coefficients must be [T, K] = [{self.num_tensors}, "
-                               f"{self.num_experts}], got {tuple(self.coefficients.shape)}")
+            self.num_tensors,
+            self.num_experts,
+        ):
+            raise CycleQDError(
+                f"coefficients must be [T, K] = [{self.num_tensors}, "
+                f"{self.num_experts}], got {tuple(self.coefficients.shape)}"
+            )
 
     # --- construction -------------------------------------------------------------------------
 
@@ -139,8 +145,13 @@ class Genome:
         coefficients = torch.as_tensor(coefficients, dtype=torch.float32).cpu()
         if coefficients.dim() == 1:
             coefficients = coefficients.expand(T, K)
-        return cls(space=space.fingerprint(), num_tensors=T, num_experts=K,
-                   coefficients=coefficients.contiguous().clone(), meta=meta)
+        return cls(
+            space=space.fingerprint(),
+            num_tensors=T,
+            num_experts=K,
+            coefficients=coefficients.contiguous().clone(),
+            meta=meta,
+        )
 
     @classmethod
     def expert(cls, space: Any, k: int) -> Genome:
@@ -161,7 +172,10 @@ class Genome:
 
     def _check_compatible(self, other: Genome) -> None:
         if (other.space, other.num_tensors, other.num_experts) != (
-                self.space, self.num_tensors, self.num_experts):
+            self.space,
+            self.num_tensors,
+            self.num_experts,
+        ):
             raise CycleQDError("genomes from different weight spaces cannot be combined")
 
     @classmethod
@@ -185,30 +199,57 @@ class Genome:
         weights = weights.contiguous()
         if not all(p.is_linear for p in parents):
             return cls.merged(WEIGHTED_SUM, parents, weights=weights, **meta)
-        coefficients = sum(w[:, None] * p.coefficients for w, p in zip(weights, parents,
-                                                                        strict=True))
-        folded = cls(space=first.space, num_tensors=first.num_tensors,
-                     num_experts=first.num_experts, coefficients=coefficients, meta=meta)
+        coefficients = sum(
+            w[:, None] * p.coefficients for w, p in zip(weights, parents, strict=True)
+        )
+        folded = cls(
+            space=first.space,
+            num_tensors=first.num_tensors,
+            num_experts=first.num_experts,
+            coefficients=coefficients,
+            meta=meta,
+        )
         terms = [p._scaled_terms(w) for w, p in zip(weights, parents, strict=True)]
         return folded._add_terms(terms)
 
     @classmethod
-    def merged(cls, method: str, parents: Sequence[Genome], *, parameters: Mapping | None = None,
-               seed: int = 0, weights: torch.Tensor | None = None, **meta: Any) -> Genome:
+    def merged(
+        cls,
+        method: str,
+        parents: Sequence[Genome],
+        *,
+        parameters: Mapping | None = None,
+        seed: int = 0,
+        weights: torch.Tensor | None = None,
+        **meta: Any,
+    ) -> Genome:
         """A merge node: ``method`` applied to ``parents`` (replayed through a cache)."""
         first = parents[0]
-        node = MergeNode(method=method, parameters=dict(parameters or {}), seed=int(seed),
-                         parents=tuple(parents), weights=weights)
-        return cls(space=first.space, num_tensors=first.num_tensors,
-                   num_experts=first.num_experts, merge=node, meta=meta)
+        node = MergeNode(
+            method=method,
+            parameters=dict(parameters or {}),
+            seed=int(seed),
+            parents=tuple(parents),
+            weights=weights,
+        )
+        return cls(
+            space=first.space,
+            num_tensors=first.num_tensors,
+            num_experts=first.num_experts,
+            merge=node,
+            meta=meta,
+        )
 
     def _scaled_terms(self, w: torch.Tensor) -> Genome:
         """This genome's mutation terms (no linear part), scaled per tensor by ``w``."""
-        spectral = {key: {t: r * w[t] for t, r in coords.items() if w[t] != 0}
-                    for key, coords in self.spectral.items()}
+        spectral = {
+            key: {t: r * w[t] for t, r in coords.items() if w[t] != 0}
+            for key, coords in self.spectral.items()
+        }
         noise = tuple(NoiseTerm(n.seed, n.scale * w) for n in self.noise)
-        lowrank = tuple(replace(lr, s=lr.s * w[lr.tensor]) for lr in self.lowrank
-                        if w[lr.tensor] != 0)
+        lowrank = tuple(
+            replace(lr, s=lr.s * w[lr.tensor]) for lr in self.lowrank if w[lr.tensor] != 0
+        )
         return replace(self, spectral=spectral, noise=noise, lowrank=lowrank)
 
     def _add_terms(self, others: Sequence[Genome]) -> Genome:
@@ -223,8 +264,9 @@ class Genome:
             for n in other.noise:
                 noise[n.seed] = noise[n.seed] + n.scale if n.seed in noise else n.scale
             for lr in other.lowrank:
-                lowrank[lr.key] = (replace(lr, s=lowrank[lr.key].s + lr.s)
-                                   if lr.key in lowrank else lr)
+                lowrank[lr.key] = (
+                    replace(lr, s=lowrank[lr.key].s + lr.s) if lr.key in lowrank else lr
+                )
         return replace(
             self,
             spectral={k: v for k, v in spectral.items() if v},
@@ -232,14 +274,24 @@ class Genome:
             lowrank=tuple(lowrank[k] for k in sorted(lowrank)),
         )
 
-    def with_terms(self, *, spectral: Mapping[SpectralKey, Mapping[int, torch.Tensor]] | None = None,
-                   noise: Sequence[NoiseTerm] = (), lowrank: Sequence[LowRankTerm] = (),
-                   **meta: Any) -> Genome:
+    def with_terms(
+        self,
+        *,
+        spectral: Mapping[SpectralKey, Mapping[int, torch.Tensor]] | None = None,
+        noise: Sequence[NoiseTerm] = (),
+        lowrank: Sequence[LowRankTerm] = (),
+        **meta: Any,
+    ) -> Genome:
         """This genome plus mutation terms; ``meta`` is merged into the provenance."""
-        extra = Genome(space=self.space, num_tensors=self.num_tensors,
-                       num_experts=self.num_experts,
-                       coefficients=torch.zeros(self.num_tensors, self.num_experts),
-                       spectral=spectral or {}, noise=tuple(noise), lowrank=tuple(lowrank))
+        extra = Genome(
+            space=self.space,
+            num_tensors=self.num_tensors,
+            num_experts=self.num_experts,
+            coefficients=torch.zeros(self.num_tensors, self.num_experts),
+            spectral=spectral or {},
+            noise=tuple(noise),
+            lowrank=tuple(lowrank),
+        )
         return replace(self._add_terms([extra]), meta={**self.meta, **meta})
 
     @property
@@ -249,11 +301,21 @@ class Genome:
 
     # --- serialisation ------------------------------------------------------------------------
 
-    def _encode(self, tensors: dict[str, torch.Tensor], with_meta: bool) -> dict[str, Any]:
+    def _encode(
+        self,
+        tensors: dict[str, torch.Tensor],
+        with_meta: bool,
+        seen: dict[tuple, str] | None = None,
+    ) -> dict[str, Any]:
+        seen = {} if seen is None else seen
+
         def put(t: torch.Tensor) -> str:
-            key = f"t{len(tensors)}"
-            tensors[key] = t.detach().to("cpu", torch.float32).contiguous()
-            return key
+            # a parent reached along two paths of the lineage is stored once
+            identity = (t.data_ptr(), tuple(t.shape), t.stride(), str(t.device))
+            if identity not in seen:
+                seen[identity] = f"t{len(tensors)}"
+                tensors[seen[identity]] = t.detach().to("cpu", torch.float32).clone()
+            return seen[identity]
 
         header: dict[str, Any] = {"T": self.num_tensors, "K": self.num_experts}
         if self.coefficients is not None:
@@ -261,9 +323,11 @@ class Genome:
         if self.merge is not None:
             m = self.merge
             header["merge"] = {
-                "method": m.method, "parameters": dict(m.parameters), "seed": m.seed,
+                "method": m.method,
+                "parameters": dict(m.parameters),
+                "seed": m.seed,
                 "weights": None if m.weights is None else put(m.weights),
-                "parents": [p._encode(tensors, with_meta) for p in m.parents],
+                "parents": [p._encode(tensors, with_meta, seen) for p in m.parents],
             }
         header["spectral"] = [
             {"expert": k, "rank": rank, "tensor": t, "r": put(r)}
@@ -271,8 +335,10 @@ class Genome:
             for t, r in sorted(coords.items())
         ]
         header["noise"] = [{"seed": n.seed, "scale": put(n.scale)} for n in self.noise]
-        header["lowrank"] = [{"key": lr.key, "tensor": lr.tensor, "u": put(lr.u), "s": put(lr.s),
-                              "v": put(lr.v)} for lr in self.lowrank]
+        header["lowrank"] = [
+            {"key": lr.key, "tensor": lr.tensor, "u": put(lr.u), "s": put(lr.s), "v": put(lr.v)}
+            for lr in self.lowrank
+        ]
         if with_meta and self.meta:
             header["meta"] = dict(self.meta)
         return header
@@ -280,8 +346,11 @@ class Genome:
     def _serialise(self, with_meta: bool) -> bytes:
         tensors: dict[str, torch.Tensor] = {}
         header = self._encode(tensors, with_meta)
-        metadata = {"format": FORMAT, "space": self.space,
-                    "genome": json.dumps(header, sort_keys=True)}
+        metadata = {
+            "format": FORMAT,
+            "space": self.space,
+            "genome": json.dumps(header, sort_keys=True),
+        }
         return st_save(tensors, metadata=metadata)
 
     def to_bytes(self) -> bytes:
@@ -319,17 +388,22 @@ class Genome:
                 raise ValueError(f"format {metadata.get('format')!r}")
             return cls._decode(json.loads(metadata["genome"]), tensors, metadata["space"])
         except (ValueError, KeyError, json.JSONDecodeError) as exc:
-            raise CycleQDError(f"not a cycleqd genome file ({exc}); genomes are written by "
-                               "Genome.save / the run store") from exc
+            raise CycleQDError(
+                f"not a cycleqd genome file ({exc}); genomes are written by "
+                "Genome.save / the run store"
+            ) from exc
 
     @classmethod
-    def _decode(cls, h: Mapping[str, Any], tensors: Mapping[str, torch.Tensor],
-                space: str) -> Genome:
+    def _decode(
+        cls, h: Mapping[str, Any], tensors: Mapping[str, torch.Tensor], space: str
+    ) -> Genome:
         merge = None
         if "merge" in h:
             m = h["merge"]
             merge = MergeNode(
-                method=m["method"], parameters=m["parameters"], seed=m["seed"],
+                method=m["method"],
+                parameters=m["parameters"],
+                seed=m["seed"],
                 parents=tuple(cls._decode(p, tensors, space) for p in m["parents"]),
                 weights=None if m["weights"] is None else tensors[m["weights"]],
             )
@@ -337,12 +411,19 @@ class Genome:
         for s in h["spectral"]:
             spectral.setdefault((s["expert"], s["rank"]), {})[s["tensor"]] = tensors[s["r"]]
         return cls(
-            space=space, num_tensors=h["T"], num_experts=h["K"],
+            space=space,
+            num_tensors=h["T"],
+            num_experts=h["K"],
             coefficients=tensors[h["coefficients"]] if "coefficients" in h else None,
-            merge=merge, spectral=spectral,
+            merge=merge,
+            spectral=spectral,
             noise=tuple(NoiseTerm(n["seed"], tensors[n["scale"]]) for n in h["noise"]),
-            lowrank=tuple(LowRankTerm(lr["key"], lr["tensor"], tensors[lr["u"]], tensors[lr["s"]],
-                                      tensors[lr["v"]]) for lr in h["lowrank"]),
+            lowrank=tuple(
+                LowRankTerm(
+                    lr["key"], lr["tensor"], tensors[lr["u"]], tensors[lr["s"]], tensors[lr["v"]]
+                )
+                for lr in h["lowrank"]
+            ),
             meta=h.get("meta", {}),
         )
 

@@ -2,10 +2,10 @@
 
 A :class:`Materializer` owns one preallocated state dict (its tensors are views into per-bank
 output buffers, so a model loaded with ``load_state_dict(..., assign=True)`` is updated in place)
-and writes a child into it bank by bank with :func:`kernels.combine`: one fused pass per bank,
-fp32 accumulation, no per-tensor temporaries. Mutation terms and merge-node deltas are accumulated
-first into one reusable fp32 workspace (the size of the largest bank that needs it) and fused into
-the same pass.
+and writes a child into it bank by bank with :func:`cycleqd.kernels.combine`: one fused pass per
+bank, fp32 accumulation, no per-tensor temporaries. Mutation terms and merge-node deltas are
+accumulated first into one reusable fp32 workspace (the size of the largest bank that needs it)
+and fused into the same pass.
 """
 
 from __future__ import annotations
@@ -18,15 +18,30 @@ import torch
 from cycleqd._mergekit import mergekit_merge
 from cycleqd.errors import CycleQDError, NonFiniteError
 from cycleqd.genome import WEIGHTED_SUM, Genome
+from cycleqd.kernels import backend_for, combine
 from cycleqd.weights import Bank, WeightSpace
-from kernels import backend_for, combine
 
 __all__ = ["Materializer", "tensor_seed"]
 
 
+def _provably_finite(bank: Bank, coef: torch.Tensor, extra: torch.Tensor | None) -> bool:
+    """Whether ``|base| + Σ|c_k||τ_k| + |extra|`` stays well inside the output dtype's range.
+
+    Base and task vectors are finite (checked at load), so then no element can be NaN/Inf and
+    the output needs no scan; otherwise the caller scans it.
+    """
+    bound = bank.base_absmax + (coef.abs() * bank.tau_absmax.T).sum(dim=1)
+    if extra is not None:
+        bound = bound + extra.abs().amax(dim=1).cpu()
+    return (
+        bool(torch.isfinite(bound).all()) and float(bound.max()) < 0.5 * torch.finfo(bank.dtype).max
+    )
+
+
 def tensor_seed(seed: int, tensor: int) -> int:
-    """The generator seed for one tensor's random draws (a noise term's noise, a merge's drop
-    mask) under a genome-level ``seed``: stable across processes and platforms.
+    """The generator seed for one tensor's random draws under a genome-level ``seed``.
+
+    Used for a noise term's noise and a merge's drop masks; stable across processes and platforms.
     """
     digest = hashlib.blake2b(f"{seed}:{tensor}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & 0x7FFF_FFFF_FFFF_FFFF
@@ -37,13 +52,19 @@ class Materializer:
 
     Args:
         space: the weight space genomes refer to.
-        backend: :func:`kernels.combine` backend (``None``: the best for the space's device).
+        backend: :func:`cycleqd.kernels.combine` backend (``None``: the best for the device).
         check_finite: reject children with NaN/Inf (:class:`cycleqd.errors.NonFiniteError`).
         cache_size: how many merge-node parents to keep materialised for replay.
     """
 
-    def __init__(self, space: WeightSpace, *, backend: str | None = None,
-                 check_finite: bool = True, cache_size: int = 4) -> None:
+    def __init__(
+        self,
+        space: WeightSpace,
+        *,
+        backend: str | None = None,
+        check_finite: bool = True,
+        cache_size: int = 4,
+    ) -> None:
         self.space = space
         self.backend = backend or backend_for(space.device.type)
         self.check_finite = check_finite
@@ -96,7 +117,10 @@ class Materializer:
     def _write(self, genome: Genome, outputs: list[torch.Tensor]) -> None:
         space = self.space
         if (genome.space, genome.num_tensors, genome.num_experts) != (
-                space.fingerprint(), len(space.tensor_names), space.num_experts):
+            space.fingerprint(),
+            len(space.tensor_names),
+            space.num_experts,
+        ):
             raise CycleQDError(
                 f"genome {genome.id} was made for weight space {genome.space}, not for this one "
                 f"({space.fingerprint()}): load the base and experts it was evolved with"
@@ -116,9 +140,14 @@ class Materializer:
                 coef = genome.coefficients[bank.rows]
             else:
                 coef = zeros.expand(len(bank.names), -1)
-            combine(bank.base, bank.taus, coef.to(space.device), outputs[b], extra,
-                    backend=self.backend)
-            if self.check_finite and not bool(torch.isfinite(outputs[b]).all()):
+            combine(
+                bank.base, bank.taus, coef.to(space.device), outputs[b], extra, backend=self.backend
+            )
+            if (
+                self.check_finite
+                and not _provably_finite(bank, coef, extra)
+                and not bool(torch.isfinite(outputs[b]).all())
+            ):
                 bad_rows = (~torch.isfinite(outputs[b])).any(dim=1).nonzero()
                 name = bank.names[int(bad_rows[0])]
                 raise NonFiniteError(
@@ -138,8 +167,14 @@ class Materializer:
             self._cache.popitem(last=False)
         return outputs
 
-    def _merge_delta(self, genome: Genome, b: int, bank: Bank, parents: list[list[torch.Tensor]],
-                     extra: torch.Tensor) -> None:
+    def _merge_delta(
+        self,
+        genome: Genome,
+        b: int,
+        bank: Bank,
+        parents: list[list[torch.Tensor]],
+        extra: torch.Tensor,
+    ) -> None:
         node = genome.merge
         assert node is not None
         base = bank.base.float()
@@ -151,11 +186,17 @@ class Materializer:
         for row, name in enumerate(bank.names):
             t = int(bank.rows[row])
             inputs = [base[row].view(bank.shape)] + [
-                parent[b][row].float().view(bank.shape) for parent in parents]
-            merged = mergekit_merge(node.method, inputs[0], inputs[1:], parameters=node.parameters,
-                                     weights=None if node.weights is None
-                                     else node.weights[:, t].tolist(),
-                                     seed=tensor_seed(node.seed, t), name=name)
+                parent[b][row].float().view(bank.shape) for parent in parents
+            ]
+            merged = mergekit_merge(
+                node.method,
+                inputs[0],
+                inputs[1:],
+                parameters=node.parameters,
+                weights=None if node.weights is None else node.weights[:, t].tolist(),
+                seed=tensor_seed(node.seed, t),
+                name=name,
+            )
             extra[row].add_(merged.reshape(-1) - base[row])
 
     def _add_terms(self, genome: Genome, bank: Bank, extra: torch.Tensor) -> None:

@@ -28,8 +28,14 @@ __all__ = ["Bank", "WeightSpace", "DEFAULT_SVD_EXCLUDE", "parse_dtype"]
 #: carry vocabulary, not skills (the reference code also mutates only the transformer blocks).
 DEFAULT_SVD_EXCLUDE = r"(embed|lm_head|wte|wpe|tok_embeddings|output\.weight$)"
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
-           "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+_DTYPES = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp32": torch.float32,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+}
 
 
 def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
@@ -57,6 +63,9 @@ class Bank:
         rows: each row's index into :attr:`WeightSpace.tensor_names`.
         base: ``[n, numel]`` base weights.
         taus: ``[K, n, numel]`` task vectors.
+        base_absmax: ``[n]`` fp32 largest ``|base|`` per row.
+        tau_absmax: ``[K, n]`` fp32 largest ``|τ_k|`` per row (bounds a child's magnitude, so
+            that most children need no NaN/Inf scan).
     """
 
     shape: tuple[int, ...]
@@ -65,6 +74,8 @@ class Bank:
     rows: torch.Tensor
     base: torch.Tensor
     taus: torch.Tensor = field(repr=False)
+    base_absmax: torch.Tensor = field(repr=False, default_factory=lambda: torch.empty(0))
+    tau_absmax: torch.Tensor = field(repr=False, default_factory=lambda: torch.empty(0))
 
     @property
     def numel(self) -> int:
@@ -76,12 +87,27 @@ def _describe(tensor: torch.Tensor) -> str:
     return f"shape {tuple(tensor.shape)} dtype {str(tensor.dtype).removeprefix('torch.')}"
 
 
-def _check_expert(name: str, expert: Mapping[str, torch.Tensor],
-                  base: Mapping[str, torch.Tensor]) -> None:
+def _row_absmax(bank: torch.Tensor, names: list[str], what: str) -> torch.Tensor:
+    """Largest ``|x|`` of each row in fp32; refuses NaN/Inf (naming the tensor)."""
+    absmax = torch.stack([row.abs().max().float() for row in bank]).cpu()
+    if not torch.isfinite(absmax).all():
+        bad = names[int((~torch.isfinite(absmax)).nonzero()[0])]
+        raise ModelLoadError(
+            f"{what}: tensor {bad!r} holds NaN/Inf (or overflows the storage "
+            "dtype); fix the checkpoint or choose a wider `dtype`"
+        )
+    return absmax
+
+
+def _check_expert(
+    name: str, expert: Mapping[str, torch.Tensor], base: Mapping[str, torch.Tensor]
+) -> None:
     for key, tensor in base.items():
         if key not in expert:
-            raise ModelLoadError(f"expert {name!r} lacks tensor {key!r} that the base has; "
-                                 "every expert must be fine-tuned from the same base architecture")
+            raise ModelLoadError(
+                f"expert {name!r} lacks tensor {key!r} that the base has; "
+                "every expert must be fine-tuned from the same base architecture"
+            )
         other = expert[key]
         if other.shape != tensor.shape or other.dtype != tensor.dtype:
             raise ModelLoadError(
@@ -91,8 +117,10 @@ def _check_expert(name: str, expert: Mapping[str, torch.Tensor],
             )
     extra = next((key for key in expert if key not in base), None)
     if extra is not None:
-        raise ModelLoadError(f"expert {name!r} has tensor {extra!r} that the base lacks; "
-                             "every expert must be fine-tuned from the same base architecture")
+        raise ModelLoadError(
+            f"expert {name!r} has tensor {extra!r} that the base lacks; "
+            "every expert must be fine-tuned from the same base architecture"
+        )
 
 
 class WeightSpace:
@@ -116,7 +144,9 @@ class WeightSpace:
         self,
         *,
         base: Mapping[str, torch.Tensor],
-        experts: Mapping[str, Mapping[str, torch.Tensor] | Callable[[], Mapping[str, torch.Tensor]]],
+        experts: Mapping[
+            str, Mapping[str, torch.Tensor] | Callable[[], Mapping[str, torch.Tensor]]
+        ],
         device: str | torch.device = "cpu",
         dtype: str | torch.dtype | None = None,
         cache_dir: str | Path | None = None,
@@ -158,6 +188,14 @@ class WeightSpace:
                     theta = expert[name].to(self.device).reshape(-1).float()
                     bank.taus[k, row].copy_(theta - bank.base[row].float())
             del expert
+        for bank in self.banks:
+            bank.base_absmax = _row_absmax(bank.base, bank.names, "the base")
+            bank.tau_absmax = torch.stack(
+                [
+                    _row_absmax(bank.taus[k], bank.names, f"expert {n!r} minus the base")
+                    for k, n in enumerate(self.expert_names)
+                ]
+            )
         self._svd: dict[tuple[int, int | None], dict[str, tuple[torch.Tensor, ...]]] = {}
         self._digests: dict[int, str] = {}
 
@@ -196,8 +234,13 @@ class WeightSpace:
         def loader(name: str, path: str | Path) -> Callable[[], dict[str, torch.Tensor]]:
             return lambda: load_state_dict(path, what=f"expert {name!r}", allow_pickle=allow_pickle)
 
-        return cls(base=base_sd, experts={n: loader(n, p) for n, p in experts.items()},
-                   device=device, dtype=dtype, cache_dir=cache_dir)
+        return cls(
+            base=base_sd,
+            experts={n: loader(n, p) for n, p in experts.items()},
+            device=device,
+            dtype=dtype,
+            cache_dir=cache_dir,
+        )
 
     # --- views -------------------------------------------------------------------------------
 
@@ -215,7 +258,8 @@ class WeightSpace:
     def checkpoint_bytes(self) -> int:
         """Bytes of one full model checkpoint in the storage dtype(s)."""
         return sum(b.base.numel() * b.base.element_size() for b in self.banks) + sum(
-            t.numel() * t.element_size() for t in self.buffers.values())
+            t.numel() * t.element_size() for t in self.buffers.values()
+        )
 
     def index(self, name: str) -> int:
         """Position of tensor ``name`` in :attr:`tensor_names` (genome coefficient row)."""
@@ -239,8 +283,9 @@ class WeightSpace:
         return self._where[name]
 
     def fingerprint(self) -> str:
-        """Hash of the tensor names, shapes, dtypes and expert names: genomes carry it, so that a
-        genome is never replayed against a different space.
+        """Hash of the tensor names, shapes, dtypes and expert names.
+
+        Genomes carry it, so that a genome is never replayed against a different space.
         """
         h = hashlib.sha256()
         for name in self.tensor_names:
@@ -250,8 +295,10 @@ class WeightSpace:
         return h.hexdigest()[:16]
 
     def layer_groups(self) -> list[int]:
-        """Per tensor, the index of its layer group: tensors whose names share the first integer
-        component (``model.layers.7.…``) form a group; every other tensor is its own group.
+        """Per tensor, the index of its layer group.
+
+        Tensors whose names share the first integer component (``model.layers.7.…``) form a
+        group; every other tensor is its own group.
         """
         groups: dict[str, int] = {}
         out = []
@@ -261,14 +308,18 @@ class WeightSpace:
             out.append(groups.setdefault(key, len(groups)))
         return out
 
-    def svd_targets(self, include: str | None = None,
-                    exclude: str | None = DEFAULT_SVD_EXCLUDE) -> list[str]:
-        """2-D tensors that SVD mutation acts on: names matching ``include`` (default: all) and not
-        ``exclude``.
+    def svd_targets(
+        self, include: str | None = None, exclude: str | None = DEFAULT_SVD_EXCLUDE
+    ) -> list[str]:
+        """2-D tensors that SVD mutation acts on.
+
+        Names matching ``include`` (default: all) and not ``exclude``.
         """
         return [
-            n for n in self.tensor_names
-            if len(self.shapes[n]) == 2 and min(self.shapes[n]) > 1
+            n
+            for n in self.tensor_names
+            if len(self.shapes[n]) == 2
+            and min(self.shapes[n]) > 1
             and (include is None or re.search(include, n))
             and not (exclude and re.search(exclude, n))
         ]
@@ -285,8 +336,9 @@ class WeightSpace:
         self._digests[k] = h.hexdigest()
         return self._digests[k]
 
-    def svd_factors(self, k: int, names: Iterable[str], *,
-                    rank: int | None = None) -> dict[str, tuple[torch.Tensor, ...]]:
+    def svd_factors(
+        self, k: int, names: Iterable[str], *, rank: int | None = None
+    ) -> dict[str, tuple[torch.Tensor, ...]]:
         """``(U [m, r], S [r], V [n, r])`` in fp32 of ``τ_k`` for each named matrix.
 
         Computed once per matrix (batched over same-shape matrices: one ``linalg.svd`` call per
@@ -318,12 +370,21 @@ class WeightSpace:
             U, S, Vh = torch.linalg.svd(mats, full_matrices=False)
             r = S.shape[-1] if rank is None else min(rank, S.shape[-1])
             for i, row in enumerate(rows):
-                known[bank.names[row]] = (U[i, :, :r].contiguous(), S[i, :r].contiguous(),
-                                          Vh[i, :r, :].T.contiguous())
+                known[bank.names[row]] = (
+                    U[i, :, :r].contiguous(),
+                    S[i, :r].contiguous(),
+                    Vh[i, :r, :].T.contiguous(),
+                )
         if missing and path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            save_file({f"{n}.{part}": t.cpu() for n, f in known.items()
-                       for part, t in zip("USV", f, strict=True)}, tmp)
+            save_file(
+                {
+                    f"{n}.{part}": t.cpu()
+                    for n, f in known.items()
+                    for part, t in zip("USV", f, strict=True)
+                },
+                tmp,
+            )
             tmp.replace(path)
         return {n: known[n] for n in names}

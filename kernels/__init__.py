@@ -7,6 +7,6 @@ Public names:
     backend_for: which backend :func:`combine` uses on a device type.
 """
 
-from kernels.materialize import backend_for, combine, combine_compiled, combine_reference
+from cycleqd.kernels.materialize import backend_for, combine, combine_compiled, combine_reference
 
 __all__ = ["backend_for", "combine", "combine_compiled", "combine_reference"]

@@ -27,24 +27,40 @@ __all__ = ["combine", "combine_compiled", "combine_reference", "backend_for"]
 _log = logging.getLogger(__name__)
 
 
-def _check(base: torch.Tensor, taus: torch.Tensor, coef: torch.Tensor, out: torch.Tensor,
-           extra: torch.Tensor | None) -> None:
+def _check(
+    base: torch.Tensor,
+    taus: torch.Tensor,
+    coef: torch.Tensor,
+    out: torch.Tensor,
+    extra: torch.Tensor | None,
+) -> None:
     if base.dim() != 2 or out.shape != base.shape:
-        raise ValueError(f"base and out must be equal [n, numel] banks, got {tuple(base.shape)} "
-                         f"and {tuple(out.shape)}")
+        raise ValueError(
+            f"base and out must be equal [n, numel] banks, got {tuple(base.shape)} "
+            f"and {tuple(out.shape)}"
+        )
     if taus.dim() != 3 or taus.shape[1:] != base.shape:
-        raise ValueError(f"taus must be [K, n, numel] = [K, {base.shape[0]}, {base.shape[1]}], "
-                         f"got {tuple(taus.shape)}")
+        raise ValueError(
+            f"taus must be [K, n, numel] = [K, {base.shape[0]}, {base.shape[1]}], "
+            f"got {tuple(taus.shape)}"
+        )
     if coef.shape != (base.shape[0], taus.shape[0]):
-        raise ValueError(f"coef must be [n, K] = [{base.shape[0]}, {taus.shape[0]}], "
-                         f"got {tuple(coef.shape)}")
+        raise ValueError(
+            f"coef must be [n, K] = [{base.shape[0]}, {taus.shape[0]}], got {tuple(coef.shape)}"
+        )
     if extra is not None and extra.shape != base.shape:
-        raise ValueError(f"extra must match the bank shape {tuple(base.shape)}, "
-                         f"got {tuple(extra.shape)}")
+        raise ValueError(
+            f"extra must match the bank shape {tuple(base.shape)}, got {tuple(extra.shape)}"
+        )
 
 
-def combine_reference(base: torch.Tensor, taus: torch.Tensor, coef: torch.Tensor,
-                      out: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
+def combine_reference(
+    base: torch.Tensor,
+    taus: torch.Tensor,
+    coef: torch.Tensor,
+    out: torch.Tensor,
+    extra: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Plain-torch oracle of :func:`combine`.
 
     Args:
@@ -69,8 +85,13 @@ def combine_reference(base: torch.Tensor, taus: torch.Tensor, coef: torch.Tensor
     return out
 
 
-def _fused(base: torch.Tensor, taus: torch.Tensor, coef: torch.Tensor, out: torch.Tensor,
-           extra: torch.Tensor | None) -> None:
+def _fused(
+    base: torch.Tensor,
+    taus: torch.Tensor,
+    coef: torch.Tensor,
+    out: torch.Tensor,
+    extra: torch.Tensor | None,
+) -> None:
     acc = base.float()
     for k in range(taus.shape[0]):
         acc = acc + coef[:, k : k + 1] * taus[k].float()
@@ -81,15 +102,28 @@ def _fused(base: torch.Tensor, taus: torch.Tensor, coef: torch.Tensor, out: torc
 
 @functools.cache
 def _compiled():
-    return torch.compile(_fused, dynamic=True, fullgraph=True)
+    import torch._dynamo
+
+    # Compiled per bank shape (static shapes: a dynamic-shape kernel traced at a small size
+    # runs at about half the bandwidth measured here), dtype, K and with/without ``extra``: a
+    # model needs a dozen variants, more than dynamo's default limit of 8 per function.
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 256)
+    torch._dynamo.config.accumulated_recompile_limit = max(
+        torch._dynamo.config.accumulated_recompile_limit, 1024
+    )
+    return torch.compile(_fused, dynamic=False, fullgraph=True)
 
 
-def combine_compiled(base: torch.Tensor, taus: torch.Tensor, coef: torch.Tensor,
-                     out: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
+def combine_compiled(
+    base: torch.Tensor,
+    taus: torch.Tensor,
+    coef: torch.Tensor,
+    out: torch.Tensor,
+    extra: torch.Tensor | None = None,
+) -> torch.Tensor:
     """``torch.compile``d :func:`combine_reference`: one fused pass, no temporaries.
 
-    Shapes are traced dynamically, so every bank of a model reuses one compiled kernel (per K and
-    dtype combination).
+    One kernel per bank shape (compiled on first use, cached on disk by inductor across processes).
     """
     _check(base, taus, coef, out, extra)
     _compiled()(base, taus, coef.to(device=base.device, dtype=torch.float32), out, extra)
@@ -119,19 +153,30 @@ def backend_for(device_type: str) -> str:
         combine_reference(base, taus, coef, want)
         if torch.allclose(got, want, rtol=1e-5, atol=1e-6):
             return "compiled"
-        _log.warning("compiled combine disagrees with the reference on %s; using the reference",
-                     device_type)
+        _log.warning(
+            "compiled combine disagrees with the reference on %s; using the reference", device_type
+        )
     except Exception as exc:  # a missing C++ compiler, an unsupported device, ...
-        _log.warning("torch.compile is unavailable on %s (%s); using the slower reference "
-                     "path", device_type, exc)
+        _log.warning(
+            "torch.compile is unavailable on %s (%s); using the slower reference path",
+            device_type,
+            exc,
+        )
     return "reference"
 
 
 _BACKENDS = {"reference": combine_reference, "compiled": combine_compiled}
 
 
-def combine(base: torch.Tensor, taus: torch.Tensor, coef: torch.Tensor, out: torch.Tensor,
-            extra: torch.Tensor | None = None, *, backend: str | None = None) -> torch.Tensor:
+def combine(
+    base: torch.Tensor,
+    taus: torch.Tensor,
+    coef: torch.Tensor,
+    out: torch.Tensor,
+    extra: torch.Tensor | None = None,
+    *,
+    backend: str | None = None,
+) -> torch.Tensor:
     """``out = base + Σ_k coef[:, k] · taus[k] (+ extra)``, fp32 accumulate, in place.
 
     Args:

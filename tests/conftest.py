@@ -21,17 +21,27 @@ def synthetic_state_dicts(seed: int = 0, *, dtype: torch.dtype = torch.float32):
     def rand(*shape: int) -> torch.Tensor:
         return torch.randn(*shape, generator=gen).to(dtype)
 
-    base = {"model.embed_tokens.weight": rand(11, 6), "model.norm.weight": rand(6),
-            "lm_head.weight": rand(11, 6), "model.position_ids": torch.arange(7)}
+    base = {
+        "model.embed_tokens.weight": rand(11, 6),
+        "model.norm.weight": rand(6),
+        "lm_head.weight": rand(11, 6),
+        "model.position_ids": torch.arange(7),
+    }
     for layer in range(2):
         p = f"model.layers.{layer}."
-        base |= {p + "self_attn.q_proj.weight": rand(6, 6), p + "self_attn.k_proj.weight": rand(3, 6),
-                 p + "mlp.up_proj.weight": rand(10, 6), p + "mlp.down_proj.weight": rand(6, 10),
-                 p + "input_layernorm.weight": rand(6)}
+        base |= {
+            p + "self_attn.q_proj.weight": rand(6, 6),
+            p + "self_attn.k_proj.weight": rand(3, 6),
+            p + "mlp.up_proj.weight": rand(10, 6),
+            p + "mlp.down_proj.weight": rand(6, 10),
+            p + "input_layernorm.weight": rand(6),
+        }
     experts = {}
     for name in EXPERTS:
-        experts[name] = {k: (v + 0.1 * rand(*v.shape) if v.is_floating_point() else v.clone())
-                         for k, v in base.items()}
+        experts[name] = {
+            k: (v + 0.1 * rand(*v.shape) if v.is_floating_point() else v.clone())
+            for k, v in base.items()
+        }
     return base, experts
 
 
@@ -61,9 +71,16 @@ def save_safetensors_space(root: Path, seed: int = 0) -> tuple[Path, dict[str, P
 def tiny_llama_config():
     from transformers import LlamaConfig
 
-    return LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                       num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32,
-                       tie_word_embeddings=False)
+    return LlamaConfig(
+        vocab_size=64,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=32,
+        tie_word_embeddings=False,
+    )
 
 
 @pytest.fixture(scope="session")

@@ -61,8 +61,9 @@ def test_elite_sampling_draws_two_distinct_parents_at_the_weighted_rate():
         first, second = sampler(objectives, measures, 2, rng)
         assert first != second
         counts[first] += 1
-    np.testing.assert_allclose(counts / counts.sum(), sampler.weights(objectives, measures),
-                               atol=0.03)
+    np.testing.assert_allclose(
+        counts / counts.sum(), sampler.weights(objectives, measures), atol=0.03
+    )
 
 
 def test_uniform_selection_is_without_replacement():
@@ -86,8 +87,11 @@ def test_gaussian_task_arithmetic_normalises_per_tensor(space):
         torch.testing.assert_close(c.sum(dim=1), torch.ones(len(space.tensor_names)))
         assert torch.all(c[:, 1] == 0)
         distinct = len(set(c[:, 0].tolist()))
-        expected = {"model": 1, "layer": len(set(space.layer_groups())),
-                    "tensor": len(space.tensor_names)}[granularity]
+        expected = {
+            "model": 1,
+            "layer": len(set(space.layer_groups())),
+            "tensor": len(space.tensor_names),
+        }[granularity]
         assert distinct == expected
     raw = CROSSOVERS.build("gaussian_task_arithmetic", mu=1.0, sigma=0.1, normalize=False)
     child = raw(parents, np.random.default_rng(5), space)
@@ -113,10 +117,16 @@ def test_weighted_sum_of_mutated_parents_equals_weighted_sum_of_their_deltas(spa
         torch.testing.assert_close(out[t], want, atol=1e-5, rtol=1e-5)
 
 
-_NEEDS = {"nearswap": {"t": 0.5}, "ties": {"density": 0.6}, "dare_ties": {"density": 0.6},
-          "dare_linear": {"density": 0.6}, "breadcrumbs": {"density": 0.8},
-          "breadcrumbs_ties": {"density": 0.8}, "della": {"density": 0.6},
-          "della_linear": {"density": 0.6}}
+_NEEDS = {
+    "nearswap": {"t": 0.5},
+    "ties": {"density": 0.6},
+    "dare_ties": {"density": 0.6},
+    "dare_linear": {"density": 0.6},
+    "breadcrumbs": {"density": 0.8},
+    "breadcrumbs_ties": {"density": 0.8},
+    "della": {"density": 0.6},
+    "della_linear": {"density": 0.6},
+}
 
 
 def _one_parent_methods():
@@ -152,8 +162,14 @@ def test_every_mergekit_method_equals_mergekit_output(space, method):
         if node.weights is not None:
             params["weight"] = {"p0": float(node.weights[0, t]), "p1": float(node.weights[1, t])}
         torch.manual_seed(tensor_seed(node.seed, t))
-        want = merge_tensors([x.float() for x in tensors], method, parameters=params, ids=ids,
-                             base_index=base_index, dtype=torch.float32)
+        want = merge_tensors(
+            [x.float() for x in tensors],
+            method,
+            parameters=params,
+            ids=ids,
+            base_index=base_index,
+            dtype=torch.float32,
+        )
         torch.testing.assert_close(out[name], want, atol=2e-6, rtol=2e-6, msg=name)
 
 
@@ -247,18 +263,22 @@ def test_gaussian_mutation_replays_its_seeded_noise(space):
 # --- registries --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("registry", "bad", "listed"), [
-    (SELECTIONS, "elite_sampler", "elite_sampling, uniform"),
-    (MUTATIONS, "svd", "gaussian, none, svd_child, svd_expert"),
-    (CROSSOVERS, "gaussian_arithmetic", "gaussian_task_arithmetic"),
-])
+@pytest.mark.parametrize(
+    ("registry", "bad", "listed"),
+    [
+        (SELECTIONS, "elite_sampler", "elite_sampling, uniform"),
+        (MUTATIONS, "svd", "gaussian, none, svd_child, svd_expert"),
+        (CROSSOVERS, "gaussian_arithmetic", "gaussian_task_arithmetic"),
+    ],
+)
 def test_unknown_operator_names_list_the_registered_ones(registry, bad, listed):
     with pytest.raises(UnknownNameError, match=f"unknown {registry.kind} '{bad}'") as info:
         registry.get(bad)
     assert listed in str(info.value)
     if registry is CROSSOVERS:
         assert "dare_ties" in str(info.value) and "Did you mean 'gaussian_task_arithmetic'" in str(
-            info.value)
+            info.value
+        )
 
 
 def test_operator_parameters_are_checked():
@@ -271,7 +291,8 @@ def test_operator_parameters_are_checked():
 
 
 def test_plugins_register_by_dotted_path_and_entry_point(tmp_path, monkeypatch, space):
-    (tmp_path / "my_ops.py").write_text(textwrap.dedent("""
+    (tmp_path / "my_ops.py").write_text(
+        textwrap.dedent("""
         class Scale:
             def __init__(self, *, factor=2.0):
                 self.factor = factor
@@ -279,7 +300,8 @@ def test_plugins_register_by_dotted_path_and_entry_point(tmp_path, monkeypatch, 
                 import torch
                 from cycleqd import Genome
                 return Genome.weighted_sum([genome], torch.tensor([self.factor]))
-    """))
+    """)
+    )
     dist = tmp_path / "my_ops-1.0.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: my-ops\nVersion: 1.0\n")

@@ -23,8 +23,10 @@ def test_banks_group_same_shape_tensors(space):
     shapes = [b.shape for b in space.banks]
     assert len(shapes) == len(set(shapes))
     q_bank = next(b for b in space.banks if b.shape == (6, 6))
-    assert q_bank.names == ["model.layers.0.self_attn.q_proj.weight",
-                            "model.layers.1.self_attn.q_proj.weight"]
+    assert q_bank.names == [
+        "model.layers.0.self_attn.q_proj.weight",
+        "model.layers.1.self_attn.q_proj.weight",
+    ]
     assert q_bank.taus.shape == (3, 2, 36)
 
 
@@ -76,17 +78,23 @@ def test_missing_expert_path_is_named(tmp_path):
 def test_expert_with_other_shape_names_the_tensor():
     base, experts = synthetic_state_dicts()
     experts["sql"]["model.layers.1.mlp.up_proj.weight"] = torch.zeros(9, 6)
-    with pytest.raises(ModelLoadError, match=r"expert 'sql': tensor "
-                       r"'model.layers.1.mlp.up_proj.weight' has shape \(9, 6\).*base has "
-                       r"shape \(10, 6\)"):
+    with pytest.raises(
+        ModelLoadError,
+        match=r"expert 'sql': tensor "
+        r"'model.layers.1.mlp.up_proj.weight' has shape \(9, 6\).*base has "
+        r"shape \(10, 6\)",
+    ):
         WeightSpace(base=base, experts=experts)
 
 
 def test_expert_with_other_dtype_or_names_is_refused():
     base, experts = synthetic_state_dicts()
     experts["code"]["model.norm.weight"] = experts["code"]["model.norm.weight"].half()
-    with pytest.raises(ModelLoadError, match=r"'model.norm.weight' has shape \(6,\) dtype "
-                       r"float16 but the base has shape \(6,\) dtype float32"):
+    with pytest.raises(
+        ModelLoadError,
+        match=r"'model.norm.weight' has shape \(6,\) dtype "
+        r"float16 but the base has shape \(6,\) dtype float32",
+    ):
         WeightSpace(base=base, experts=experts)
     base, experts = synthetic_state_dicts()
     del experts["shell"]["lm_head.weight"]
@@ -94,8 +102,11 @@ def test_expert_with_other_dtype_or_names_is_refused():
         WeightSpace(base=base, experts=experts)
     base, experts = synthetic_state_dicts()
     experts["shell"]["extra.bias"] = torch.zeros(2)
-    with pytest.raises(ModelLoadError, match=r"expert 'shell' has tensor 'extra.bias' that the "
-                       r"base lacks"):
+    with pytest.raises(
+        ModelLoadError,
+        match=r"expert 'shell' has tensor 'extra.bias' that the "
+        r"base lacks",
+    ):
         WeightSpace(base=base, experts=experts)
 
 
@@ -104,17 +115,24 @@ def test_pickle_checkpoints_need_allow_pickle(tmp_path):
     torch.save(base, tmp_path / "base.pt")
     (tmp_path / "expert").mkdir()
     torch.save(experts["code"], tmp_path / "expert" / "pytorch_model.bin")
-    with pytest.raises(ModelLoadError, match=r"base: .*base.pt is a pickle checkpoint.*"
-                       r"allow_pickle: true"):
+    with pytest.raises(
+        ModelLoadError,
+        match=r"base: .*base.pt is a pickle checkpoint.*"
+        r"allow_pickle: true",
+    ):
         WeightSpace.from_paths(base=tmp_path / "base.pt", experts={"code": tmp_path / "expert"})
     save_file(base, tmp_path / "base.safetensors")
     with pytest.raises(ModelLoadError, match=r"expert 'code': .*pytorch_model.bin is a pickle"):
-        WeightSpace.from_paths(base=tmp_path / "base.safetensors",
-                               experts={"code": tmp_path / "expert"})
-    space = WeightSpace.from_paths(base=tmp_path / "base.pt", experts={"code": tmp_path / "expert"},
-                                   allow_pickle=True)
-    assert torch.equal(space.task_vector(0, "lm_head.weight"),
-                       experts["code"]["lm_head.weight"] - base["lm_head.weight"])
+        WeightSpace.from_paths(
+            base=tmp_path / "base.safetensors", experts={"code": tmp_path / "expert"}
+        )
+    space = WeightSpace.from_paths(
+        base=tmp_path / "base.pt", experts={"code": tmp_path / "expert"}, allow_pickle=True
+    )
+    assert torch.equal(
+        space.task_vector(0, "lm_head.weight"),
+        experts["code"]["lm_head.weight"] - base["lm_head.weight"],
+    )
 
 
 def test_unreadable_paths_are_explained(tmp_path):

@@ -24,11 +24,16 @@ CROSSOVERS: Registry = Registry(kind="crossover", entry_point_group="cycleqd.cro
 _GRANULARITIES = ("model", "layer", "tensor")
 
 
-def _draw_weights(rng: np.random.Generator, n_parents: int, space: WeightSpace, *, mu: float,
-                  sigma: float, granularity: str) -> np.ndarray:
-    """``[P, T]`` weights ``~ N(mu, sigma²)``: one per parent (model), per layer group, or per
-    tensor.
-    """
+def _draw_weights(
+    rng: np.random.Generator,
+    n_parents: int,
+    space: WeightSpace,
+    *,
+    mu: float,
+    sigma: float,
+    granularity: str,
+) -> np.ndarray:
+    """``[P, T]`` weights ``~ N(mu, sigma²)``: one per parent, per layer group, or per tensor."""
     T = len(space.tensor_names)
     if granularity == "model":
         return np.repeat(rng.normal(mu, sigma, size=(n_parents, 1)), T, axis=1)
@@ -58,25 +63,38 @@ class GaussianTaskArithmetic:
         normalize: divide the weights by their per-tensor sum.
     """
 
-    def __init__(self, *, mu: float = 1.0, sigma: float = 0.1, granularity: str = "model",
-                 normalize: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        mu: float = 1.0,
+        sigma: float = 0.1,
+        granularity: str = "model",
+        normalize: bool = True,
+    ) -> None:
         _check_granularity(granularity)
         self.mu, self.sigma, self.granularity, self.normalize = mu, sigma, granularity, normalize
 
-    def __call__(self, parents: Sequence[Genome], rng: np.random.Generator,
-                 space: WeightSpace) -> Genome:
+    def __call__(
+        self, parents: Sequence[Genome], rng: np.random.Generator, space: WeightSpace
+    ) -> Genome:
         """The child of ``parents``."""
-        weights = _draw_weights(rng, len(parents), space, mu=self.mu, sigma=self.sigma,
-                                granularity=self.granularity)
+        weights = _draw_weights(
+            rng, len(parents), space, mu=self.mu, sigma=self.sigma, granularity=self.granularity
+        )
         if self.normalize:
             total = weights.sum(axis=0, keepdims=True)
             if np.any(np.abs(total) < 1e-8):
-                raise CycleQDError("crossover weights summed to ~0 and cannot be normalised; "
-                                   "use a mean far from 0 relative to sigma")
+                raise CycleQDError(
+                    "crossover weights summed to ~0 and cannot be normalised; "
+                    "use a mean far from 0 relative to sigma"
+                )
             weights = weights / total
-        return Genome.weighted_sum(parents, torch.from_numpy(weights).float(),
-                                   op="gaussian_task_arithmetic",
-                                   parent_ids=[p.id for p in parents])
+        return Genome.weighted_sum(
+            parents,
+            torch.from_numpy(weights).float(),
+            op="gaussian_task_arithmetic",
+            parent_ids=[p.id for p in parents],
+        )
 
 
 class MergekitCrossover:
@@ -99,8 +117,15 @@ class MergekitCrossover:
             given nor drawable.
     """
 
-    def __init__(self, method: str, *, parameters: Mapping[str, Any] | None = None,
-                 mu: float = 1.0, sigma: float = 0.1, granularity: str = "model") -> None:
+    def __init__(
+        self,
+        method: str,
+        *,
+        parameters: Mapping[str, Any] | None = None,
+        mu: float = 1.0,
+        sigma: float = 0.1,
+        granularity: str = "model",
+    ) -> None:
         _check_granularity(granularity)
         self.method = method
         self.parameters = dict(parameters or {})
@@ -109,33 +134,55 @@ class MergekitCrossover:
         specs = {p.name: p for p in mergekit_method(method).spec.parameters}
         unknown = sorted(set(self.parameters) - set(specs))
         if unknown:
-            raise CycleQDError(f"mergekit method {method!r} has no parameter "
-                               f"{', '.join(map(repr, unknown))}; it takes: {', '.join(specs)}")
+            raise CycleQDError(
+                f"mergekit method {method!r} has no parameter "
+                f"{', '.join(map(repr, unknown))}; it takes: {', '.join(specs)}"
+            )
         self.draw_weight = "weight" in specs and "weight" not in self.parameters
         self.draw_t = "t" in specs and specs["t"].required and "t" not in self.parameters
-        missing = [n for n, s in specs.items() if s.required and n not in self.parameters
-                   and n not in ("weight", "t")]
+        missing = [
+            n
+            for n, s in specs.items()
+            if s.required and n not in self.parameters and n not in ("weight", "t")
+        ]
         if missing:
-            raise CycleQDError(f"mergekit method {method!r} needs parameter(s) "
-                               f"{', '.join(missing)}; set them under the crossover's parameters")
+            raise CycleQDError(
+                f"mergekit method {method!r} needs parameter(s) "
+                f"{', '.join(missing)}; set them under the crossover's parameters"
+            )
 
-    def __call__(self, parents: Sequence[Genome], rng: np.random.Generator,
-                 space: WeightSpace) -> Genome:
+    def __call__(
+        self, parents: Sequence[Genome], rng: np.random.Generator, space: WeightSpace
+    ) -> Genome:
         """The child of ``parents``: a merge node."""
         merge_plan(mergekit_method(self.method), len(parents))
         parameters = dict(self.parameters)
         weights = None
         if self.draw_weight:
-            weights = torch.from_numpy(_draw_weights(
-                rng, len(parents), space, mu=self.mu, sigma=self.sigma,
-                granularity=self.granularity)).float()
+            weights = torch.from_numpy(
+                _draw_weights(
+                    rng,
+                    len(parents),
+                    space,
+                    mu=self.mu,
+                    sigma=self.sigma,
+                    granularity=self.granularity,
+                )
+            ).float()
         if self.draw_t:
             parameters["t"] = float(rng.random())
         seed = int(rng.integers(2**31))
-        return Genome.merged(self.method, parents, parameters=parameters, seed=seed,
-                             weights=weights, op=f"mergekit:{self.method}",
-                             parent_ids=[p.id for p in parents])
+        return Genome.merged(
+            self.method,
+            parents,
+            parameters=parameters,
+            seed=seed,
+            weights=weights,
+            op=f"mergekit:{self.method}",
+            parent_ids=[p.id for p in parents],
+        )
 
 
-CROSSOVERS.add_provider(mergekit_method_names,
-                        lambda name: functools.partial(MergekitCrossover, name))
+CROSSOVERS.add_provider(
+    mergekit_method_names, lambda name: functools.partial(MergekitCrossover, name)
+)

@@ -14,8 +14,15 @@ from cycleqd.genome import Genome, LowRankTerm, NoiseTerm
 from cycleqd.materialize import Materializer
 from cycleqd.weights import DEFAULT_SVD_EXCLUDE, WeightSpace
 
-__all__ = ["MUTATIONS", "GaussianMutation", "MutationContext", "NoMutation", "SvdChild",
-           "SvdExpert", "svd_child_error_bound"]
+__all__ = [
+    "MUTATIONS",
+    "GaussianMutation",
+    "MutationContext",
+    "NoMutation",
+    "SvdChild",
+    "SvdExpert",
+    "svd_child_error_bound",
+]
 
 #: Mutation operators by name; plug-ins extend it through the ``cycleqd.mutation`` group.
 MUTATIONS: Registry = Registry(kind="mutation", entry_point_group="cycleqd.mutation")
@@ -58,8 +65,14 @@ class SvdExpert:
         exclude: regex of matrices left alone (default: embeddings and output heads).
     """
 
-    def __init__(self, *, rate: float = 0.1, rank: int | None = None, include: str | None = None,
-                 exclude: str | None = DEFAULT_SVD_EXCLUDE) -> None:
+    def __init__(
+        self,
+        *,
+        rate: float = 0.1,
+        rank: int | None = None,
+        include: str | None = None,
+        exclude: str | None = DEFAULT_SVD_EXCLUDE,
+    ) -> None:
         _check_rate("svd_expert rate", rate)
         self.rate, self.rank, self.include, self.exclude = rate, rank, include, exclude
 
@@ -69,12 +82,15 @@ class SvdExpert:
         names = space.svd_targets(self.include, self.exclude)
         factors = space.svd_factors(k, names, rank=self.rank)
         coords = {
-            space.index(n): torch.from_numpy(ctx.rng.random(factors[n][1].shape[0]) * self.rate
-                                             ).float()
+            space.index(n): torch.from_numpy(
+                ctx.rng.random(factors[n][1].shape[0]) * self.rate
+            ).float()
             for n in names
         }
-        return genome.with_terms(spectral={(k, self.rank): coords},
-                                 mutation={"op": "svd_expert", "expert": k, "rate": self.rate})
+        return genome.with_terms(
+            spectral={(k, self.rank): coords},
+            mutation={"op": "svd_expert", "expert": k, "rate": self.rate},
+        )
 
 
 def svd_child_error_bound(tail: float, rank: int, oversample: int) -> float:
@@ -108,8 +124,16 @@ class SvdChild:
         exclude: regex of matrices left alone (default: embeddings and output heads).
     """
 
-    def __init__(self, *, rank: int = 16, scale: float = 0.1, oversample: int = 8, niter: int = 2,
-                 include: str | None = None, exclude: str | None = DEFAULT_SVD_EXCLUDE) -> None:
+    def __init__(
+        self,
+        *,
+        rank: int = 16,
+        scale: float = 0.1,
+        oversample: int = 8,
+        niter: int = 2,
+        include: str | None = None,
+        exclude: str | None = DEFAULT_SVD_EXCLUDE,
+    ) -> None:
         _check_rate("svd_child scale", scale)
         if rank < 1 or oversample < 0 or niter < 0:
             raise CycleQDError("svd_child needs rank >= 1, oversample >= 0, niter >= 0")
@@ -144,12 +168,20 @@ class SvdChild:
             tau = weights[name].float() - space.base_tensor(name).float()
             U, S, V, error = self.factor(tau, seed + t)
             w = torch.from_numpy(ctx.rng.uniform(1 - self.scale, 1 + self.scale, S.shape[0]))
-            terms.append(LowRankTerm(f"{seed}:{t}", t, U.cpu(), (S * (w.float().to(S) - 1)).cpu(),
-                                     V.cpu()))
+            terms.append(
+                LowRankTerm(f"{seed}:{t}", t, U.cpu(), (S * (w.float().to(S) - 1)).cpu(), V.cpu())
+            )
             errors[name] = float(error)
-        return genome.with_terms(lowrank=terms, mutation={
-            "op": "svd_child", "rank": self.rank, "scale": self.scale, "seed": seed,
-            "svd_child_error": max(errors.values(), default=0.0)})
+        return genome.with_terms(
+            lowrank=terms,
+            mutation={
+                "op": "svd_child",
+                "rank": self.rank,
+                "scale": self.scale,
+                "seed": seed,
+                "svd_child_error": max(errors.values(), default=0.0),
+            },
+        )
 
 
 @MUTATIONS.register("gaussian")
@@ -170,8 +202,10 @@ class GaussianMutation:
         """``genome`` plus a seeded noise term."""
         seed = int(ctx.rng.integers(2**62))
         scale = torch.full((genome.num_tensors,), float(self.std))
-        return genome.with_terms(noise=[NoiseTerm(seed, scale)],
-                                 mutation={"op": "gaussian", "std": self.std, "seed": seed})
+        return genome.with_terms(
+            noise=[NoiseTerm(seed, scale)],
+            mutation={"op": "gaussian", "std": self.std, "seed": seed},
+        )
 
 
 @MUTATIONS.register("none")

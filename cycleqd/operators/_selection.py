@@ -13,8 +13,9 @@ __all__ = ["SELECTIONS", "EliteSampling", "UniformSelection", "elite_sampling_we
 SELECTIONS: Registry = Registry(kind="selection", entry_point_group="cycleqd.selection")
 
 
-def elite_sampling_weights(values: np.ndarray, *, alpha_low: float = 0.5,
-                           alpha_high: float = 0.8) -> np.ndarray:
+def elite_sampling_weights(
+    values: np.ndarray, *, alpha_low: float = 0.5, alpha_high: float = 0.8
+) -> np.ndarray:
     """CycleQD's elite-sampling weights, normalised to sum to 1.
 
     Each elite's weight is ``Π_d (α_low + norm_d(v) · (α_high − α_low))`` over the columns ``d``
@@ -35,13 +36,15 @@ def elite_sampling_weights(values: np.ndarray, *, alpha_low: float = 0.5,
     """
     values = np.asarray(values, dtype=np.float64)
     if values.ndim != 2 or values.shape[0] == 0:
-        raise CycleQDError(f"elite sampling needs an [N>=1, D] array of values, got shape "
-                           f"{values.shape}")
+        raise CycleQDError(
+            f"elite sampling needs an [N>=1, D] array of values, got shape {values.shape}"
+        )
     if not np.isfinite(values).all():
         raise CycleQDError("elite sampling got NaN/Inf quality or BC values")
     if not 0 < alpha_low <= alpha_high:
-        raise CycleQDError(f"elite sampling needs 0 < alpha_low <= alpha_high, got "
-                           f"{alpha_low}, {alpha_high}")
+        raise CycleQDError(
+            f"elite sampling needs 0 < alpha_low <= alpha_high, got {alpha_low}, {alpha_high}"
+        )
     low, high = values.min(axis=0), values.max(axis=0)
     span = high - low
     norm = np.divide(values - low, span, out=np.ones_like(values), where=span > 0)
@@ -50,8 +53,9 @@ def elite_sampling_weights(values: np.ndarray, *, alpha_low: float = 0.5,
 
 
 def _draw(n_elites: int, n: int, p: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
-    """``n`` indices without replacement; with fewer elites than ``n``, every elite once, then
-    repeats (one elite → it is crossed with itself).
+    """``n`` indices without replacement.
+
+    With fewer elites than ``n``: every elite once, then repeats (one elite is crossed with itself).
     """
     if n_elites >= n:
         return rng.choice(n_elites, size=n, replace=False, p=p)
@@ -74,11 +78,11 @@ class EliteSampling:
     def weights(self, objectives: np.ndarray, measures: np.ndarray) -> np.ndarray:
         """Sampling probabilities of the elites (objective first, then each BC)."""
         values = np.column_stack([np.asarray(objectives, float), np.asarray(measures, float)])
-        return elite_sampling_weights(values, alpha_low=self.alpha_low,
-                                      alpha_high=self.alpha_high)
+        return elite_sampling_weights(values, alpha_low=self.alpha_low, alpha_high=self.alpha_high)
 
-    def __call__(self, objectives: np.ndarray, measures: np.ndarray, n: int,
-                 rng: np.random.Generator) -> np.ndarray:
+    def __call__(
+        self, objectives: np.ndarray, measures: np.ndarray, n: int, rng: np.random.Generator
+    ) -> np.ndarray:
         """Indices of ``n`` parents drawn from the elites, without replacement."""
         return _draw(len(objectives), n, self.weights(objectives, measures), rng)
 
@@ -87,8 +91,9 @@ class EliteSampling:
 class UniformSelection:
     """Parents drawn uniformly from the elites, without replacement (the ablation baseline)."""
 
-    def __call__(self, objectives: np.ndarray, measures: np.ndarray, n: int,
-                 rng: np.random.Generator) -> np.ndarray:
+    def __call__(
+        self, objectives: np.ndarray, measures: np.ndarray, n: int, rng: np.random.Generator
+    ) -> np.ndarray:
         """Indices of ``n`` parents drawn uniformly, without replacement."""
         if len(objectives) == 0:
             raise CycleQDError("cannot select parents from an empty archive")
