@@ -114,6 +114,7 @@ class SvdChild:
     as a low-rank term. The spectrum beyond ``rank`` is kept as it is (not rescaled); the share of
     the task vector it holds — the relative reconstruction error of the truncated SVD — is recorded
     in the genome's provenance (``svd_child_error``) and obeys :func:`svd_child_error_bound`.
+    The child is materialised into ``ctx.materializer``'s state dict to be factored.
 
     Args:
         rank: singular directions rescaled per matrix.
@@ -162,7 +163,7 @@ class SvdChild:
         space = ctx.space
         weights = ctx.materializer.materialize(genome)
         terms, errors = [], {}
-        seed = int(ctx.rng.integers(2**31))
+        seed = int(ctx.rng.integers(2**62))  # keys low-rank terms: collisions must not happen
         for name in space.svd_targets(self.include, self.exclude):
             t = space.index(name)
             tau = weights[name].float() - space.base_tensor(name).float()
