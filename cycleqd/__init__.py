@@ -3,33 +3,54 @@
 An implementation of CycleQD (Kuroki et al., "Agent Skill Acquisition for Large Language Models
 via CycleQD", ICLR 2025).
 
-Public names:
+Public names (imported on first use, so that the command line starts fast):
     WeightSpace: a base model and K expert task vectors, held once per process.
     Genome: a child as a recipe (coefficients, mutation terms, merge nodes), not weights.
     Materializer: writes a genome's weights into a preallocated state dict, in place.
     load_state_dict: reads a Hugging Face model directory or a safetensors file.
-    Registry: the name → factory registries that operators and scorers live in.
-    CycleQDError, ModelLoadError, UnknownNameError, NonFiniteError: errors for bad input.
+    load_config, RunConfig: the validated YAML run config.
+    Evolver: the cyclic MAP-Elites loop; Archives: its K grid archives.
+    load_run, Run: a finished or running run folder, for notebooks.
+    Registry: the name → factory registries that operators, scorers and sources live in.
+    CycleQDError, ModelLoadError, UnknownNameError, NonFiniteError, ConfigError: bad input.
 
-Operators live in :mod:`cycleqd.operators`.
+Operators live in :mod:`cycleqd.operators`, scorers in :mod:`cycleqd.scorers`.
 """
 
-from cycleqd._registry import Registry
-from cycleqd.checkpoints import load_state_dict
-from cycleqd.errors import CycleQDError, ModelLoadError, NonFiniteError, UnknownNameError
-from cycleqd.genome import Genome
-from cycleqd.materialize import Materializer
-from cycleqd.weights import WeightSpace
+from __future__ import annotations
 
-__all__ = [
-    "CycleQDError",
-    "Genome",
-    "Materializer",
-    "ModelLoadError",
-    "NonFiniteError",
-    "Registry",
-    "UnknownNameError",
-    "WeightSpace",
-    "load_state_dict",
-]
+import importlib
+from typing import Any
+
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "Archives": "cycleqd.archive",
+    "ConfigError": "cycleqd.config",
+    "CycleQDError": "cycleqd.errors",
+    "Evolver": "cycleqd.evolver",
+    "Genome": "cycleqd.genome",
+    "Materializer": "cycleqd.materialize",
+    "ModelLoadError": "cycleqd.errors",
+    "NonFiniteError": "cycleqd.errors",
+    "Registry": "cycleqd._registry",
+    "Run": "cycleqd.run",
+    "RunConfig": "cycleqd.config",
+    "UnknownNameError": "cycleqd.errors",
+    "WeightSpace": "cycleqd.weights",
+    "load_config": "cycleqd.config",
+    "load_run": "cycleqd.run",
+    "load_state_dict": "cycleqd.checkpoints",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'cycleqd' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

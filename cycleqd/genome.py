@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
@@ -37,6 +35,7 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from cycleqd._io import atomic_write_bytes
 from cycleqd.errors import CycleQDError
 
 __all__ = ["Genome", "LowRankTerm", "MergeNode", "NoiseTerm", "SpectralKey", "WEIGHTED_SUM"]
@@ -429,20 +428,7 @@ class Genome:
 
     def save(self, path: str | Path) -> int:
         """Write the genome atomically (temp file, then rename); returns its size in bytes."""
-        path = Path(path)
-        data = self.to_bytes()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return len(data)
+        return atomic_write_bytes(path, self.to_bytes())
 
     @classmethod
     def load(cls, path: str | Path) -> Genome:

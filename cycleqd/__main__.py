@@ -1,0 +1,5 @@
+"""``python -m cycleqd``: the command line."""
+
+from cycleqd.cli import main
+
+main()

@@ -1,0 +1,226 @@
+"""The ``cycleqd`` command line: evolve, show, export.
+
+Heavy libraries (torch, transformers, ribs, mergekit) are imported inside the commands, so that
+``cycleqd --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Evolve language-model experts into one model that holds all their skills (CycleQD).",
+)
+console = Console()
+errors = Console(stderr=True)
+
+
+def _fail(exc: Exception) -> None:
+    errors.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def _summary_table(summary: dict[str, Any]) -> Table:
+    tasks = summary["tasks"]
+    table = Table(title=f"{summary['split']} split")
+    table.add_column("method")
+    for task in tasks:
+        table.add_column(task, justify="right")
+    table.add_column("average", justify="right")
+    for name, scores in summary["methods"].items():
+        values = [scores[t] for t in tasks]
+        table.add_row(name, *(f"{v:.3f}" for v in values), f"{sum(values) / len(values):.3f}")
+    return table
+
+
+@app.command()
+def evolve(
+    config: Annotated[
+        Path | None,
+        typer.Argument(help="YAML run config (omit with --resume: the run folder holds it)."),
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue the run in the run folder.")
+    ] = False,
+    run_dir: Annotated[
+        Path | None, typer.Option("--run-dir", help="Run folder (default: archives/<name>).")
+    ] = None,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a config value: key.sub=value (repeatable)."),
+    ] = None,
+) -> None:
+    """Run CycleQD: seed the archives with the experts, evolve, report on the test split."""
+    from cycleqd.config import ConfigError, load_config
+    from cycleqd.errors import CycleQDError
+    from cycleqd.store import RunStore
+
+    try:
+        if config is None and not resume:
+            raise ConfigError("give a CONFIG file, or --resume --run-dir RUN to continue a run")
+        if resume:
+            if run_dir is None:
+                if config is None:
+                    raise ConfigError("--resume needs --run-dir RUN (or the CONFIG it came from)")
+                run_dir = Path("archives") / load_config(config).name
+            store = RunStore.open(run_dir)
+            cfg = store.config()
+            if config is not None or overrides:
+                wanted = load_config(config, overrides) if config else None
+                if wanted is not None and wanted != cfg:
+                    raise ConfigError(
+                        f"{config} differs from the config of the run in {run_dir}; "
+                        "resume without CONFIG, or start a new run"
+                    )
+            if store.checkpoint() is None:
+                raise ConfigError(
+                    f"{run_dir} has no checkpoint: the run never finished seeding; "
+                    "remove the folder and start again"
+                )
+        else:
+            cfg = load_config(config, overrides or [])
+            cfg.check_names()
+            store = RunStore.create(run_dir or Path("archives") / cfg.name, cfg)
+        summary = _evolve(cfg, store, resume)
+    except CycleQDError as exc:
+        _fail(exc)
+    console.print(_summary_table(summary))
+    console.print(f"run folder: {store.root}")
+
+
+def _evolve(cfg: Any, store: Any, resume: bool) -> dict[str, Any]:
+    from rich.progress import (
+        BarColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from cycleqd.evolver import Evolver
+
+    progress = Progress(
+        TextColumn("[bold]gen {task.completed}/{task.total}"),
+        BarColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=not console.is_terminal,
+        disable=not console.is_terminal,
+    )
+    with progress:
+        bar = progress.add_task("evolve", total=cfg.evolution.generations, status="building")
+
+        def show(report: Any) -> None:
+            best = " ".join(f"{t}={s['best']:.3f}" for t, s in report.stats.items())
+            coverage = sum(s["coverage"] for s in report.stats.values()) / len(report.stats)
+            progress.update(
+                bar,
+                completed=report.generation + 1,
+                status=(f"active={report.active_task} coverage={coverage:.2f} best: {best}"),
+            )
+
+        evolver = Evolver(cfg, store, on_generation=show)
+        progress.update(bar, completed=evolver.generation, status="seeding")
+        summary = evolver.run(resume=resume)
+        if not console.is_terminal:
+            console.print(
+                f"finished {cfg.evolution.generations} generations, "
+                f"{evolver.evaluations} evaluations"
+            )
+    return summary
+
+
+@app.command()
+def show(
+    run: Annotated[Path, typer.Argument(help="A run folder.")],
+    top: Annotated[int, typer.Option(help="Elites listed per archive.")] = 5,
+) -> None:
+    """Print each archive's best elites and the final results."""
+    from cycleqd.errors import CycleQDError
+    from cycleqd.run import load_run
+
+    try:
+        loaded = load_run(run)
+    except CycleQDError as exc:
+        _fail(exc)
+    for task in loaded.tasks:
+        frame = loaded.archive(task)
+        stats = loaded.archives.stats()[task]
+        table = Table(
+            title=f"archive {task!r}: {stats['elites']} elites, coverage "
+            f"{stats['coverage']:.2f}, QD score {stats['qd_score']:.2f}"
+        )
+        table.add_column("genome")
+        for t in loaded.tasks:
+            table.add_column(t + (" (quality)" if t == task else ""), justify="right")
+        for _, row in frame.head(top).iterrows():
+            table.add_row(row["genome"][:12], *(f"{row[t]:.3f}" for t in loaded.tasks))
+        console.print(table)
+    if loaded.summary is not None:
+        console.print(_summary_table(loaded.summary))
+    else:
+        console.print(
+            f"no final results yet (generation {loaded._state['generation']} of "
+            f"{loaded.config.evolution.generations})"
+        )
+
+
+@app.command()
+def export(
+    run: Annotated[Path, typer.Argument(help="A run folder.")],
+    out: Annotated[Path, typer.Argument(help="Output folder (must not exist).")],
+    final: Annotated[bool, typer.Option("--final", help="The final merged model.")] = False,
+    best: Annotated[
+        str | None, typer.Option("--best", help="The best elite of archive TASK.")
+    ] = None,
+    elite: Annotated[
+        str | None, typer.Option("--elite", help="An elite by genome id (prefix).")
+    ] = None,
+) -> None:
+    """Write a model as a Hugging Face checkpoint (or a safetensors state dict)."""
+    from cycleqd.config import ConfigError
+    from cycleqd.errors import CycleQDError
+    from cycleqd.run import load_run
+
+    try:
+        if sum([final, best is not None, elite is not None]) != 1:
+            raise ConfigError("choose exactly one of --final, --best TASK, --elite ID")
+        if out.exists():
+            raise ConfigError(f"{out} already exists; choose a new output folder")
+        loaded = load_run(run)
+        which = "final" if final else (loaded.best(best) if best is not None else elite)
+        genome_id = loaded.resolve(which)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+        try:
+            loaded.to_hf(genome_id, tmp)
+            tmp.rename(out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    except CycleQDError as exc:
+        _fail(exc)
+    console.print(f"exported {genome_id} to {out}")
+
+
+def main() -> None:
+    """Entry point for ``python -m cycleqd``."""
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,319 @@
+"""Run configuration: one validated YAML file is the whole story of a run.
+
+Every field is documented here and checked at load time, before anything starts: unknown keys
+(with the nearest valid key suggested), wrong types, fewer than two tasks, unknown operator or
+scorer names. The resolved config is saved into the run folder.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from cycleqd.errors import CycleQDError
+
+__all__ = [
+    "ConfigError",
+    "EvolutionConfig",
+    "FinalConfig",
+    "ModelsConfig",
+    "OperatorConfig",
+    "RunConfig",
+    "TaskConfig",
+    "apply_overrides",
+    "load_config",
+]
+
+
+class ConfigError(CycleQDError):
+    """A run config that cannot be used as it is; the message says where and how to fix it."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class OperatorConfig(_Strict):
+    """An operator looked up by name, with its parameters.
+
+    Attributes:
+        name: registered name, entry-point name or dotted path ``package.module:Factory``.
+        params: keyword arguments of the operator's factory.
+    """
+
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class TaskConfig(_Strict):
+    """One task: its metric is one archive's quality and a descriptor of the others.
+
+    Attributes:
+        name: the task's name (an expert of the same name must exist).
+        scorer: the scorer's registered name or dotted path.
+        params: keyword arguments of the scorer's factory.
+        bc_range: ``[low, high]`` of this task's metric as a behaviour descriptor; ``None`` derives
+            it from the experts' scores (85 % of the weakest to 115 % of the strongest).
+    """
+
+    name: str
+    scorer: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    bc_range: tuple[float, float] | None = None
+
+    @field_validator("bc_range")
+    @classmethod
+    def _ordered(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        if value is not None and not value[0] < value[1]:
+            raise ValueError(f"bc_range must be [low, high] with low < high, got {list(value)}")
+        return value
+
+
+class ModelsConfig(_Strict):
+    """Where the base model and the experts come from.
+
+    Either ``source`` names a builder that makes them (``digits``: the built-in demo), or
+    ``base`` and ``experts`` give Hugging Face model directories / ``.safetensors`` files.
+
+    Attributes:
+        source: a model-source name (``paths`` when ``base``/``experts`` are given).
+        params: keyword arguments of the source.
+        base: the base model's path.
+        experts: task name → expert path.
+        dtype: storage dtype of weights (``float32``, ``bfloat16``, ``float16``; ``None``: as
+            stored).
+        device: where weights live and children are evaluated.
+        allow_pickle: accept ``.bin``/``.pt`` checkpoints (they can run code when loaded).
+    """
+
+    source: str = "paths"
+    params: dict[str, Any] = Field(default_factory=dict)
+    base: str | None = None
+    experts: dict[str, str] = Field(default_factory=dict)
+    dtype: Literal["float32", "bfloat16", "float16"] | None = None
+    device: str = "cpu"
+    allow_pickle: bool = False
+
+    @model_validator(mode="after")
+    def _paths_complete(self) -> ModelsConfig:
+        if self.source == "paths" and (self.base is None or not self.experts):
+            raise ValueError(
+                "give `base` and `experts` paths, or a `source` that builds them "
+                "(for example `source: digits`)"
+            )
+        return self
+
+
+class EvolutionConfig(_Strict):
+    """The cyclic MAP-Elites loop.
+
+    Attributes:
+        generations: generations to run; generation ``g`` works on task ``g mod K``.
+        batch_size: children per generation.
+        bins: bins per behaviour descriptor (the paper: 15).
+        selection: parent selection (``elite_sampling``, ``uniform``).
+        crossover: crossover (``gaussian_task_arithmetic`` or a mergekit method).
+        mutation: mutation (``svd_expert``, ``svd_child``, ``gaussian``, ``none``).
+        cycle: cycle the active task (``false``: the ablation with fixed axes, task 0 only).
+    """
+
+    generations: int = Field(100, ge=1)
+    batch_size: int = Field(8, ge=1)
+    bins: int = Field(15, ge=1)
+    selection: OperatorConfig = OperatorConfig(name="elite_sampling")
+    crossover: OperatorConfig = OperatorConfig(name="gaussian_task_arithmetic")
+    mutation: OperatorConfig = OperatorConfig(name="svd_expert")
+    cycle: bool = True
+
+
+class FinalConfig(_Strict):
+    """The final model and the report.
+
+    Attributes:
+        method: ``softmax`` (the paper: ``β = softmax`` of the best elites' qualities) or
+            ``validation`` (β chosen among softmax temperatures by the validation average).
+        lambdas: the λ values swept for the task-arithmetic baseline ``θ_base + λ Σ_k τ_k``.
+    """
+
+    method: Literal["softmax", "validation"] = "softmax"
+    lambdas: list[float] = Field(
+        default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.2]
+    )
+
+
+class RunConfig(_Strict):
+    """A complete, validated run.
+
+    Attributes:
+        name: the run's name (its default folder is ``archives/<name>``).
+        seed: seeds every random choice of the run.
+        cache_dir: where built experts and SVD factors are cached.
+        models: base and experts.
+        tasks: two or more tasks, one archive each.
+        evolution: the loop.
+        final: the final model and report.
+    """
+
+    name: str
+    seed: int = 0
+    cache_dir: str = "~/.cache/cycleqd"
+    models: ModelsConfig
+    tasks: list[TaskConfig]
+    evolution: EvolutionConfig = EvolutionConfig()
+    final: FinalConfig = FinalConfig()
+
+    @field_validator("tasks")
+    @classmethod
+    def _two_or_more(cls, tasks: list[TaskConfig]) -> list[TaskConfig]:
+        if len(tasks) < 2:
+            raise ValueError(
+                f"CycleQD needs at least 2 tasks (one archive each, the others' "
+                f"metrics as its descriptors); got {len(tasks)}"
+            )
+        names = [t.name for t in tasks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"task names must be unique, got {names}")
+        return tasks
+
+    @model_validator(mode="after")
+    def _experts_match_tasks(self) -> RunConfig:
+        if self.models.source == "paths":
+            tasks = [t.name for t in self.tasks]
+            if sorted(self.models.experts) != sorted(tasks):
+                raise ValueError(
+                    f"models.experts must name one expert per task: tasks {tasks}, "
+                    f"experts {sorted(self.models.experts)}"
+                )
+        return self
+
+    @property
+    def task_names(self) -> list[str]:
+        """Task names in config order."""
+        return [t.name for t in self.tasks]
+
+    def check_names(self) -> None:
+        """Resolve every operator and scorer name now, so that a typo fails before the run.
+
+        Raises:
+            UnknownNameError: a name that no registry resolves (the registered ones listed).
+        """
+        from cycleqd.models import SOURCES
+        from cycleqd.operators import CROSSOVERS, MUTATIONS, SELECTIONS
+        from cycleqd.scorers import SCORERS
+
+        SELECTIONS.get(self.evolution.selection.name)
+        CROSSOVERS.get(self.evolution.crossover.name)
+        MUTATIONS.get(self.evolution.mutation.name)
+        SOURCES.get(self.models.source)
+        for task in self.tasks:
+            SCORERS.get(task.scorer)
+
+
+def _fields_at(model: type[BaseModel], path: tuple[Any, ...]) -> list[str]:
+    """The valid keys of the (sub)model at ``path`` (for suggestions)."""
+    current: Any = model
+    for part in path:
+        if isinstance(part, int):
+            continue
+        field = getattr(current, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        annotation = field.annotation
+        for candidate in (annotation, *getattr(annotation, "__args__", ())):
+            for inner in (candidate, *getattr(candidate, "__args__", ())):
+                if isinstance(inner, type) and issubclass(inner, BaseModel):
+                    current = inner
+                    break
+    return list(getattr(current, "model_fields", {}))
+
+
+def _explain(exc: ValidationError, source: str) -> ConfigError:
+    lines = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        where = ".".join(str(p) for p in loc) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            valid = _fields_at(RunConfig, loc[:-1])
+            close = difflib.get_close_matches(str(loc[-1]), valid, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            lines.append(f"unknown key {where!r}{hint} (valid keys here: {', '.join(valid)})")
+        elif err["type"] == "missing":
+            lines.append(f"missing key {where!r}")
+        else:
+            given = err.get("input")
+            shown = "" if isinstance(given, dict) else f" (got {given!r})"
+            lines.append(f"{where}: {err['msg']}{shown}")
+    return ConfigError(f"{source}: invalid config:\n  - " + "\n  - ".join(lines))
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.sub=value`` overrides (values parsed as YAML) to a config mapping.
+
+    Raises:
+        ConfigError: an override without ``=``, or one that indexes into a non-mapping.
+    """
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(
+                f"--set {item!r}: write overrides as key=value "
+                "(for example evolution.generations=50)"
+            )
+        value = yaml.safe_load(raw) if raw else ""
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+                node = node[int(part)]
+                continue
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r}: {part!r} is not inside a mapping")
+            node = node.setdefault(part, {})
+        if isinstance(node, list) and parts[-1].isdigit() and int(parts[-1]) < len(node):
+            node[int(parts[-1])] = value
+        elif isinstance(node, dict):
+            node[parts[-1]] = value
+        else:
+            raise ConfigError(f"--set {item!r}: {parts[-1]!r} is not inside a mapping")
+    return data
+
+
+def validate_config(data: Any, source: str = "config") -> RunConfig:
+    """Validate a config mapping.
+
+    Raises:
+        ConfigError: the mapping is not a valid run config (every problem listed).
+    """
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{source}: a run config is a YAML mapping (key: value lines), "
+            f"got {type(data).__name__}"
+        )
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise _explain(exc, source) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Read, override and validate a YAML run config.
+
+    Raises:
+        ConfigError: a missing file, malformed YAML (with its line), or an invalid config.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{path}: malformed YAML{where}: {problem}") from None
+    data = apply_overrides(data if isinstance(data, dict) else data, overrides or [])
+    return validate_config(data, str(path))

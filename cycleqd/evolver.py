@@ -1,0 +1,371 @@
+"""The cyclic MAP-Elites loop of CycleQD (Kuroki et al., ICLR 2025, Algorithm 1).
+
+Seed every archive with the experts; in generation ``g`` the active task is ``k = g mod K``:
+select parents from archive ``k``, cross them over, mutate the child, evaluate it on every task
+and offer it to every archive. After the last generation the best elite of each archive is merged
+into the final model, ``θ_base + Σ_k β_k τ*_k``, and reported on the held-out test split beside
+the base, the experts and the best task-arithmetic merge.
+
+All randomness comes from one generator whose state is checkpointed with the archives after every
+generation, so a run resumed after a crash ends exactly as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cycleqd.archive import Archives, derive_ranges
+from cycleqd.config import ConfigError, RunConfig
+from cycleqd.evaluator import Evaluator, LocalEvaluator
+from cycleqd.genome import Genome
+from cycleqd.materialize import Materializer
+from cycleqd.models import ModelSource, build_source
+from cycleqd.operators import CROSSOVERS, MUTATIONS, SELECTIONS, MutationContext
+from cycleqd.scorers import SCORERS
+from cycleqd.store import RunStore
+from cycleqd.weights import WeightSpace
+
+__all__ = ["Evolver", "GenerationReport", "softmax"]
+
+#: Softmax temperatures tried by ``final.method: validation`` (``0`` means the best elite alone).
+VALIDATION_TEMPERATURES = (1.0, 0.3, 0.1, 0.03, 0.0)
+
+
+def softmax(values: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """``softmax(values / temperature)``; temperature 0 puts all weight on the maximum."""
+    values = np.asarray(values, dtype=np.float64)
+    if temperature == 0:
+        out = np.zeros_like(values)
+        out[int(np.argmax(values))] = 1.0
+        return out
+    z = (values - values.max()) / temperature
+    return np.exp(z) / np.exp(z).sum()
+
+
+@dataclass
+class GenerationReport:
+    """What one generation did, for progress displays."""
+
+    generation: int
+    generations: int
+    active_task: str
+    stats: dict[str, dict[str, float]]
+    seconds: float
+
+
+class Evolver:
+    """Runs (or resumes) one CycleQD run in a run folder.
+
+    Args:
+        config: the validated run config.
+        store: the run folder.
+        on_generation: called after every generation (progress display).
+        evaluator: an evaluator to use instead of an in-process one.
+    """
+
+    def __init__(
+        self,
+        config: RunConfig,
+        store: RunStore,
+        *,
+        on_generation: Callable[[GenerationReport], None] | None = None,
+        evaluator: Evaluator | None = None,
+    ) -> None:
+        self.cfg = config
+        self.store = store
+        self.tasks = config.task_names
+        self.on_generation = on_generation
+        config.check_names()
+        self.source: ModelSource = build_source(config.models)
+        cache = Path(config.cache_dir).expanduser()
+        base, experts = self.source.prepare(cache)
+        missing = [t for t in self.tasks if t not in experts]
+        if missing:
+            raise ConfigError(
+                f"model source {config.models.source!r} has no expert for task(s) "
+                f"{missing}; it provides {sorted(experts)}"
+            )
+        self.space = WeightSpace.from_paths(
+            base=base,
+            experts={t: experts[t] for t in self.tasks},
+            dtype=config.models.dtype,
+            device=config.models.device,
+            allow_pickle=config.models.allow_pickle,
+            cache_dir=cache / "svd",
+        )
+        scorers = {t.name: SCORERS.build(t.scorer, **t.params) for t in config.tasks}
+        self.evaluator = evaluator or LocalEvaluator(self.space, self.source, scorers)
+        self.materializer: Materializer = getattr(self.evaluator, "materializer", None) or (
+            Materializer(self.space)
+        )
+        evo = config.evolution
+        self.selection = SELECTIONS.build(evo.selection.name, **evo.selection.params)
+        self.crossover = CROSSOVERS.build(evo.crossover.name, **evo.crossover.params)
+        self.mutation = MUTATIONS.build(evo.mutation.name, **evo.mutation.params)
+        self.genomes: dict[str, Genome] = {}
+        self.table: list[str] = []
+        self.rng = np.random.default_rng(config.seed)
+        self.archives: Archives | None = None
+        self.generation = 0
+        self.evaluations = 0
+        self.expert_scores: list[list[float]] = []
+
+    # --- state -------------------------------------------------------------------------------
+
+    def _state(self, finished: bool = False) -> dict[str, Any]:
+        assert self.archives is not None
+        return {
+            "generation": self.generation,
+            "evaluations": self.evaluations,
+            "rng": self.rng.bit_generator.state,
+            "table": self.table,
+            "expert_scores": self.expert_scores,
+            "archives": self.archives.state(),
+            "finished": finished,
+        }
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        self.store.rewind_logs(state["log_sizes"])
+        self.generation = state["generation"]
+        self.evaluations = state["evaluations"]
+        self.rng.bit_generator.state = state["rng"]
+        self.table = list(state["table"])
+        self.expert_scores = state["expert_scores"]
+        self.archives = Archives.from_state(state["archives"])
+
+    def genome(self, elite: int) -> Genome:
+        """The genome of elite ``elite`` (genome-table index)."""
+        genome_id = self.table[elite]
+        if genome_id not in self.genomes:
+            self.genomes[genome_id] = self.store.load_genome(genome_id)
+        return self.genomes[genome_id]
+
+    def _register(self, genome: Genome) -> int:
+        self.genomes[genome.id] = genome
+        self.table.append(genome.id)
+        self.store.save_genome(genome)
+        return len(self.table) - 1
+
+    # --- the loop ----------------------------------------------------------------------------
+
+    def seed(self) -> None:
+        """Evaluate the experts on every task; derive descriptor ranges; seed every archive."""
+        experts = [Genome.expert(self.space, k) for k in range(len(self.tasks))]
+        result = self.evaluator.evaluate(experts, "val")
+        if np.isnan(result.scores).any():
+            bad = next(e for e in result.errors if e)
+            raise ConfigError(f"an expert could not be scored ({bad}); fix the scorer or model")
+        self.evaluations += len(experts)
+        self.expert_scores = result.scores.tolist()
+        derived = derive_ranges(result.scores)
+        ranges = [t.bc_range or derived[j] for j, t in enumerate(self.cfg.tasks)]
+        self.archives = Archives(tasks=self.tasks, bins=self.cfg.evolution.bins, ranges=ranges)
+        for k, genome in enumerate(experts):
+            elite = self._register(genome)
+            entered = self.archives.insert(elite, result.scores[k])
+            self.store.append(
+                "events.jsonl",
+                {
+                    "event": "seed",
+                    "expert": self.tasks[k],
+                    "genome": genome.id,
+                    "scores": dict(zip(self.tasks, result.scores[k].tolist(), strict=True)),
+                    "entered": [self.tasks[j] for j in entered],
+                },
+            )
+        self.store.write_checkpoint(self._state())
+
+    def active_task(self, generation: int) -> int:
+        """The task whose archive generation ``generation`` works on."""
+        return generation % len(self.tasks) if self.cfg.evolution.cycle else 0
+
+    def step(self) -> GenerationReport:
+        """Run one generation, log it and checkpoint."""
+        assert self.archives is not None
+        start = time.perf_counter()
+        g, k = self.generation, self.active_task(self.generation)
+        children, lineage = [], []
+        ctx = MutationContext(self.space, self.materializer, k, self.rng)
+        for _ in range(self.cfg.evolution.batch_size):
+            data = self.archives.elites(k)
+            picked = self.selection(data["objective"], data["measures"], 2, self.rng)
+            parents = [self.genome(int(data["elite"][i])) for i in picked]
+            child = self.mutation(self.crossover(parents, self.rng, self.space), ctx)
+            children.append(child)
+            lineage.append([p.id for p in parents])
+        result = self.evaluator.evaluate(children, "val")
+        self.evaluations += len(children)
+        for child, scores, error, parents in zip(
+            children, result.scores, result.errors, lineage, strict=True
+        ):
+            record: dict[str, Any] = {
+                "event": "child",
+                "generation": g,
+                "active": self.tasks[k],
+                "genome": child.id,
+                "parents": parents,
+            }
+            if error is not None:
+                record.update(event="failed", reason=error)
+            else:
+                entered = self.archives.insert(len(self.table), scores)
+                if entered:
+                    self._register(child)
+                record.update(
+                    scores=dict(zip(self.tasks, scores.tolist(), strict=True)),
+                    entered=[self.tasks[j] for j in entered],
+                )
+            self.store.append("events.jsonl", record)
+        stats = self.archives.stats()
+        self.store.append(
+            "metrics.jsonl",
+            {
+                "generation": g,
+                "active": self.tasks[k],
+                "evaluations": self.evaluations,
+                "archives": stats,
+            },
+        )
+        self.generation += 1
+        self.store.write_checkpoint(self._state())
+        report = GenerationReport(
+            g, self.cfg.evolution.generations, self.tasks[k], stats, time.perf_counter() - start
+        )
+        if self.on_generation is not None:
+            self.on_generation(report)
+        return report
+
+    def run(self, *, resume: bool = False) -> dict[str, Any]:
+        """Seed (or resume), evolve to the configured generation count, report.
+
+        Returns:
+            The summary table (``summary.json``).
+        """
+        state = self.store.checkpoint()
+        if state is not None:
+            if not resume:
+                raise ConfigError(f"{self.store.root} holds a run already; pass --resume")
+            self._restore(state)
+        else:
+            self.seed()
+        while self.generation < self.cfg.evolution.generations:
+            self.step()
+        summary = self.store.read_json("summary.json")
+        if summary is None or not (state or {}).get("finished"):
+            summary = self.finish()
+        return summary
+
+    # --- the final model and the report -------------------------------------------------------
+
+    def _average(self, genome: Genome, split: str) -> tuple[float, list[float]]:
+        result = self.evaluator.evaluate([genome], split)
+        scores = result.scores[0]
+        if np.isnan(scores).any():
+            return float("-inf"), scores.tolist()
+        return float(scores.mean()), scores.tolist()
+
+    def _best_average(self, k: int) -> tuple[int, float]:
+        """Archive ``k``'s elite with the best validation average over all tasks."""
+        assert self.archives is not None
+        data = self.archives.elites(k)
+        scores = np.insert(data["measures"], k, data["objective"], axis=1)
+        i = int(np.argmax(scores.mean(axis=1)))
+        return int(data["elite"][i]), float(scores[i].mean())
+
+    def final_genome(self) -> tuple[Genome, dict[str, Any]]:
+        """The final model and how it was chosen.
+
+        ``softmax`` (the paper): ``θ_base + Σ_k β_k τ*_k`` over every archive's best elite,
+        ``β = softmax`` of their qualities. ``validation``: the best validation average among
+        that merge at several softmax temperatures (temperature 0: the single best elite), and the
+        same merges of each archive's best-average elite (the archives hold elites good at every
+        task, not only at their own; their scores are already known).
+        """
+        assert self.archives is not None
+        K = len(self.tasks)
+        pools = {"best_quality": [self.archives.best(k) for k in range(K)]}
+        temperatures: tuple[float, ...] = (1.0,)
+        if self.cfg.final.method == "validation":
+            pools["best_average"] = [self._best_average(k) for k in range(K)]
+            temperatures = VALIDATION_TEMPERATURES
+        candidates = []
+        for pool, elites in pools.items():
+            parents = [self.genome(e) for e, _ in elites]
+            weights = np.array([q for _, q in elites])
+            for temperature in temperatures:
+                beta = softmax(weights, temperature)
+                genome = Genome.weighted_sum(
+                    parents,
+                    torch.tensor(beta).float(),
+                    op="final",
+                    beta=beta.tolist(),
+                    parent_ids=[p.id for p in parents],
+                )
+                candidates.append(
+                    {
+                        "pool": pool,
+                        "temperature": temperature,
+                        "genome": genome,
+                        "beta": dict(zip(self.tasks, beta.tolist(), strict=True)),
+                        "elites": {t: p.id for t, p in zip(self.tasks, parents, strict=True)},
+                    }
+                )
+        if len(candidates) > 1:
+            for candidate in candidates:
+                candidate["val_average"], candidate["val_scores"] = self._average(
+                    candidate["genome"], "val"
+                )
+        chosen = max(candidates, key=lambda c: c.get("val_average", 0.0))
+        info = {
+            "method": self.cfg.final.method,
+            **{k: v for k, v in chosen.items() if k != "genome"},
+            "candidates": [
+                {k: v for k, v in c.items() if k not in ("genome", "elites")} for c in candidates
+            ],
+        }
+        return chosen["genome"], info
+
+    def finish(self) -> dict[str, Any]:
+        """Choose the final model and baselines on val; score everything on test; write files."""
+        final, info = self.final_genome()
+        best_lambda, best_val = None, float("-inf")
+        for lam in self.cfg.final.lambdas:
+            avg, _ = self._average(
+                Genome.linear(self.space, torch.full((len(self.tasks),), lam)), "val"
+            )
+            if avg > best_val:
+                best_lambda, best_val = lam, avg
+        info["task_arithmetic_lambda"] = best_lambda
+        methods = {"base": Genome.base(self.space)}
+        methods |= {f"expert_{t}": Genome.expert(self.space, k) for k, t in enumerate(self.tasks)}
+        methods["task_arithmetic_best"] = Genome.linear(
+            self.space, torch.full((len(self.tasks),), float(best_lambda))
+        )
+        methods["cycleqd_final"] = final
+        result = self.evaluator.evaluate(list(methods.values()), "test")
+        summary = {
+            "split": "test",
+            "tasks": self.tasks,
+            "methods": {
+                name: dict(zip(self.tasks, row.tolist(), strict=True))
+                for name, row in zip(methods, result.scores, strict=True)
+            },
+        }
+        self.store.save_genome(final)
+        final.save(self.store.root / "final.genome")
+        info["final_genome"] = final.id
+        info["evaluations"] = self.evaluations
+        self.store.write_json("final.json", info)
+        self.store.write_json("summary.json", summary)
+        from cycleqd.plots import write_plots
+
+        write_plots(self.store, self.archives)
+        self.store.write_checkpoint(self._state(finished=True))
+        return summary

@@ -1,0 +1,164 @@
+"""Model sources: where a run's base and experts come from, and how a child becomes a model.
+
+A source (found by name in :data:`SOURCES`, extended through the ``cycleqd.sources`` entry-point
+group) does three things:
+
+* ``prepare(cache_dir)`` → ``(base path, {task: expert path})``, building them first if it is a
+  builder (the digits demo trains its experts and caches them);
+* ``make_model()`` → a torch module of the right architecture, into which evaluators load each
+  child's weights in place;
+* ``export(state_dict, out_dir)`` → a checkpoint a user can load: a Hugging Face directory (with
+  the base's tokenizer) for transformers models, else a ``model.safetensors`` state dict.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from safetensors.torch import save_file
+
+from cycleqd._registry import Registry
+from cycleqd.errors import CycleQDError
+
+__all__ = ["SOURCES", "ModelSource", "PathsSource", "TOKENIZER_FILES"]
+
+#: Files copied from the base model's directory into an exported checkpoint.
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "vocab.txt",
+    "chat_template.jinja",
+    "generation_config.json",
+)
+
+
+class ModelSource(Protocol):
+    """Where base and experts come from; see the module docstring."""
+
+    def prepare(self, cache_dir: Path) -> tuple[Path, dict[str, Path]]:
+        """Base and expert paths, built first if needed."""
+
+    def make_model(self) -> torch.nn.Module:
+        """A module of the models' architecture."""
+
+    def export(self, state_dict: Mapping[str, torch.Tensor], out_dir: Path) -> Path:
+        """Write a loadable checkpoint of ``state_dict`` into ``out_dir``."""
+
+
+#: Model sources by name.
+SOURCES: Registry = Registry(kind="model source", entry_point_group="cycleqd.sources")
+
+
+def load_into(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor]) -> torch.nn.Module:
+    """Make ``model``'s parameters *be* ``state_dict``'s tensors (``assign=True``).
+
+    A materialiser writing into ``state_dict`` then updates the model in place. Only weights tied
+    to others may be missing.
+
+    Raises:
+        CycleQDError: the state dict does not fit the architecture.
+    """
+    result = model.load_state_dict(dict(state_dict), strict=False, assign=True)
+    tied = set()
+    if hasattr(model, "_tied_weights_keys") and model._tied_weights_keys:
+        keys = model._tied_weights_keys
+        tied = set(keys if not isinstance(keys, dict) else keys)
+    missing = [k for k in result.missing_keys if k not in tied]
+    if missing or result.unexpected_keys:
+        raise CycleQDError(
+            f"the weights do not fit the model architecture: missing "
+            f"{missing[:5]}, unexpected {result.unexpected_keys[:5]}"
+        )
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()
+    return model.eval()
+
+
+@SOURCES.register("paths")
+class PathsSource:
+    """Base and experts given as Hugging Face model directories or ``.safetensors`` files.
+
+    Args:
+        base: the base model.
+        experts: task name → expert.
+        model: for plain state dicts, a dotted path ``package.module:factory`` of a callable
+            returning the architecture as a torch module (transformers directories need none).
+    """
+
+    def __init__(
+        self, *, base: str | Path, experts: Mapping[str, str | Path], model: str | None = None
+    ) -> None:
+        self.base = Path(base).expanduser()
+        self.experts = {k: Path(v).expanduser() for k, v in experts.items()}
+        self.model = model
+
+    @property
+    def is_transformers(self) -> bool:
+        """Whether the base is a Hugging Face model directory."""
+        return (self.base / "config.json").is_file()
+
+    def prepare(self, cache_dir: Path) -> tuple[Path, dict[str, Path]]:
+        """The configured paths (checked for existence when the weight space loads them)."""
+        return self.base, dict(self.experts)
+
+    def make_model(self) -> torch.nn.Module:
+        """The base's architecture, from its ``config.json`` (no remote code)."""
+        if self.model is not None:
+            factory: Callable[[], torch.nn.Module] = SOURCES._import(self.model)
+            return factory()
+        if not self.is_transformers:
+            raise CycleQDError(
+                f"{self.base} is a plain state dict: set models.params.model to "
+                "a 'package.module:factory' that builds its architecture"
+            )
+        import transformers
+
+        config = transformers.AutoConfig.from_pretrained(
+            self.base, trust_remote_code=False, local_files_only=True
+        )
+        architecture = (config.architectures or ["AutoModelForCausalLM"])[0]
+        cls = getattr(transformers, architecture, None)
+        if cls is None:
+            raise CycleQDError(f"{self.base}: transformers has no architecture {architecture!r}")
+        # built on the CPU, not the meta device: non-persistent buffers (rotary frequencies) are
+        # computed at construction and are not in the checkpoint
+        return cls._from_config(config)
+
+    def export(self, state_dict: Mapping[str, torch.Tensor], out_dir: Path) -> Path:
+        """A Hugging Face directory (with the base's tokenizer files), or ``model.safetensors``."""
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if not self.is_transformers:
+            save_file(
+                {k: v.contiguous() for k, v in state_dict.items()}, out_dir / "model.safetensors"
+            )
+            return out_dir
+        model = load_into(self.make_model(), {k: v.clone() for k, v in state_dict.items()})
+        model.save_pretrained(out_dir)
+        for name in TOKENIZER_FILES:
+            if (self.base / name).is_file():
+                shutil.copy2(self.base / name, out_dir / name)
+        return out_dir
+
+
+def build_source(models: Any) -> ModelSource:
+    """The source that a :class:`cycleqd.config.ModelsConfig` describes."""
+    if models.source == "paths":
+        return PathsSource(base=models.base, experts=models.experts, **models.params)
+    return SOURCES.build(models.source, **models.params)
+
+
+def _builtin(name: str) -> Any:
+    from cycleqd import digits
+
+    return {"digits": digits.DigitsSource}[name]
+
+
+SOURCES.add_provider(lambda: ["digits"], _builtin)

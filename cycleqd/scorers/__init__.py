@@ -1,0 +1,50 @@
+"""Scorers: turn a model into a score in [0, 1] on a named split.
+
+The protocol (any callable made by a registered factory):
+
+    scorer = SCORERS.build(name, **params)  # once per evaluator process
+    score = scorer(model, split)  # model: the evaluator's resident torch module;
+                                  # split: "val" during evolution, "test" for the report
+
+A scorer reads the model's current weights (the evaluator updates them in place between calls),
+batches its own problems as it can, and returns a float in [0, 1]; it must not keep references to
+the weights or change them. Scores outside [0, 1] or exceptions mark the candidate as failed, with
+the reason in the run's event log.
+
+Third-party packages register scorers through the ``cycleqd.scorers`` entry-point group, or a config
+names one by dotted path (``my_package.scoring:MyScorer``).
+
+Public names:
+    SCORERS: the registry (built-ins: ``digits_accuracy``).
+    Scorer: the protocol.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+
+from cycleqd._registry import Registry
+
+__all__ = ["SCORERS", "Scorer"]
+
+
+class Scorer(Protocol):
+    """Turns a model into a score in [0, 1] on a split."""
+
+    def __call__(self, model: torch.nn.Module, split: str) -> float:
+        """Score ``model`` on ``split`` (``"val"`` or ``"test"``)."""
+
+
+#: Scorers by name; plug-ins extend it through the ``cycleqd.scorers`` entry-point group.
+SCORERS: Registry = Registry(kind="scorer", entry_point_group="cycleqd.scorers")
+
+
+def _builtin(name: str):
+    from cycleqd import digits
+
+    return {"digits_accuracy": digits.DigitsAccuracy}[name]
+
+
+SCORERS.add_provider(lambda: ["digits_accuracy"], _builtin)
