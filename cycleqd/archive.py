@@ -114,9 +114,14 @@ class Archives:
     def elites(self, k: int) -> dict[str, np.ndarray]:
         """Archive ``k``'s elites.
 
-        Keys: ``objective [N]``, ``measures [N, K-1]``, ``elite [N]``, ``index [N]`` (cell).
+        Keys: ``objective [N]``, ``measures [N, K-1]``, ``elite [N]``, ``index [N]`` (cell), in
+        cell order.
         """
-        return self.grids[k].data(["objective", "measures", "elite", "index"])
+        data = self.grids[k].data(["objective", "measures", "elite", "index"])
+        # pyribs lists elites in storage order, which depends on the insertion history; cell
+        # order does not, so selection draws the same parents after a resume
+        order = np.argsort(data["index"], kind="stable")
+        return {key: value[order] for key, value in data.items()}
 
     def best(self, k: int) -> tuple[int, float]:
         """``(elite index, quality)`` of archive ``k``'s best elite."""
@@ -144,15 +149,8 @@ class Archives:
         grids = []
         for k in range(self.num_tasks):
             data = self.elites(k)
-            order = np.argsort(data["index"])
-            grids.append(
-                {
-                    "index": data["index"][order].tolist(),
-                    "objective": data["objective"][order].tolist(),
-                    "measures": data["measures"][order].tolist(),
-                    "elite": data["elite"][order].tolist(),
-                }
-            )
+            grids.append({key: data[key].tolist() for key in ("index", "objective", "measures",
+                                                              "elite")})
         return {"tasks": self.tasks, "bins": self.bins, "ranges": self.ranges, "grids": grids}
 
     @classmethod

@@ -48,6 +48,11 @@ WEIGHTED_SUM = "weighted_sum"
 SpectralKey = tuple[int, int | None]
 
 
+def _spectral_order(key: SpectralKey) -> tuple[int, int]:
+    """Canonical order of spectral terms: replay sums them in this order, in any process."""
+    return key[0], -1 if key[1] is None else key[1]
+
+
 @dataclass(frozen=True, eq=False)
 class NoiseTerm:
     """``scale[t] · N(0, 1)`` added to tensor ``t``, the noise drawn from ``seed`` and ``t``."""
@@ -268,7 +273,8 @@ class Genome:
                 )
         return replace(
             self,
-            spectral={k: v for k, v in spectral.items() if v},
+            spectral={key: dict(sorted(spectral[key].items()))
+                      for key in sorted(spectral, key=_spectral_order) if spectral[key]},
             noise=tuple(NoiseTerm(s, scale) for s, scale in sorted(noise.items())),
             lowrank=tuple(lowrank[k] for k in sorted(lowrank)),
         )
@@ -330,7 +336,8 @@ class Genome:
             }
         header["spectral"] = [
             {"expert": k, "rank": rank, "tensor": t, "r": put(r)}
-            for (k, rank), coords in sorted(self.spectral.items(), key=lambda kv: str(kv[0]))
+            for (k, rank), coords in sorted(self.spectral.items(),
+                                            key=lambda kv: _spectral_order(kv[0]))
             for t, r in sorted(coords.items())
         ]
         header["noise"] = [{"seed": n.seed, "scale": put(n.scale)} for n in self.noise]

@@ -1,0 +1,166 @@
+"""The cyclic engine: archives, the loop, durable runs, the notebook API."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from cycleqd import Archives, Evolver, Genome, load_config, load_run
+from cycleqd.archive import derive_ranges
+from cycleqd.evolver import softmax
+from cycleqd.store import RunStore
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="session")
+def digits_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+def digits_yaml(path, cache, **evolution):
+    data = yaml.safe_load(open(os.path.join(REPO, "experiments", "digits.yaml")))
+    data["cache_dir"] = str(cache)
+    data["evolution"].update({"generations": 12, "batch_size": 4, **evolution})
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def run_digits(tmp_path, cache, name="run", **evolution):
+    cfg = load_config(digits_yaml(tmp_path / f"{name}.yaml", cache, **evolution))
+    store = RunStore.create(tmp_path / name, cfg)
+    evolver = Evolver(cfg, store)
+    summary = evolver.run()
+    return evolver, summary
+
+
+def test_derive_ranges_follows_the_paper_rule():
+    scores = np.array([[0.9, 0.2, 0.0], [0.5, 0.8, 0.0], [0.6, 0.4, 0.0]])
+    ranges = derive_ranges(scores)
+    assert ranges[0] == pytest.approx((0.85 * 0.5, 1.0))  # 1.15 * 0.9 clipped to 1
+    assert ranges[1] == pytest.approx((0.85 * 0.2, 1.15 * 0.8))
+    assert ranges[2] == pytest.approx((0.0, 0.05))  # collapsed: widened within [0, 1]
+
+
+def test_a_child_enters_every_archive_it_improves():
+    archives = Archives(tasks=["a", "b", "c"], bins=4, ranges=[(0, 1)] * 3)
+    assert archives.insert(0, np.array([0.5, 0.5, 0.5])) == [0, 1, 2]
+    # better on b and c in the same cells, worse on a: enters b's and c's archives only
+    assert archives.insert(1, np.array([0.4, 0.6, 0.6])) == [1, 2]
+    # same scores as elite 1 in a new cell of a's archive (b, c descriptors moved bins)
+    assert archives.insert(2, np.array([0.1, 0.9, 0.9])) == [0, 1, 2]
+    assert archives.insert(3, np.array([0.1, 0.9, 0.9])) == []
+    assert archives.best(0) == (0, 0.5)
+    stats = archives.stats()
+    assert stats["a"]["elites"] == 2 and stats["a"]["coverage"] == pytest.approx(2 / 16)
+    rebuilt = Archives.from_state(json.loads(json.dumps(archives.state())))
+    assert rebuilt.state() == archives.state()
+
+
+def test_evolution_cycles_tasks_and_writes_the_run_folder(tmp_path, digits_cache):
+    evolver, summary = run_digits(tmp_path, digits_cache)
+    tasks = ["rotated", "noisy", "inverted"]
+    metrics = evolver.store.read_log("metrics.jsonl")
+    assert [m["active"] for m in metrics] == [tasks[g % 3] for g in range(12)]
+    assert summary["split"] == "test" and summary["tasks"] == tasks
+    assert set(summary["methods"]) == {"base", "expert_rotated", "expert_noisy",
+                                       "expert_inverted", "task_arithmetic_best", "cycleqd_final"}
+    for scores in summary["methods"].values():
+        assert set(scores) == set(tasks) and all(0 <= v <= 1 for v in scores.values())
+    root = evolver.store.root
+    for name in ("config.yaml", "checkpoint.json", "events.jsonl", "summary.json", "final.json",
+                 "final.genome", "plots/curves.png", "plots/archive_rotated.png"):
+        assert (root / name).is_file(), name
+    events = evolver.store.read_log("events.jsonl")
+    assert sum(e["event"] == "seed" for e in events) == 3
+    assert sum(e["event"] in ("child", "failed") for e in events) == 12 * 4
+    # a child entered archives other than the active one
+    assert any(set(e.get("entered", [])) - {e.get("active")} for e in events
+               if e["event"] == "child")
+
+
+def test_fixed_axes_ablation_stays_on_the_first_task(tmp_path, digits_cache):
+    evolver, _ = run_digits(tmp_path, digits_cache, generations=4, cycle=False)
+    assert {m["active"] for m in evolver.store.read_log("metrics.jsonl")} == {"rotated"}
+
+
+def test_final_merge_is_softmax_of_best_elites(tmp_path, digits_cache):
+    cfg = load_config(digits_yaml(tmp_path / "c.yaml", digits_cache, generations=6),
+                      ["final.method=softmax"])
+    store = RunStore.create(tmp_path / "softmax", cfg)
+    evolver = Evolver(cfg, store)
+    evolver.run()
+    info = store.read_json("final.json")
+    bests = [evolver.archives.best(k) for k in range(3)]
+    beta = softmax(np.array([q for _, q in bests]))
+    assert list(info["beta"].values()) == pytest.approx(beta.tolist())
+    final = Genome.load(store.root / "final.genome")
+    space = evolver.space
+    got = evolver.materializer.weights(final)
+    parents = [evolver.materializer.weights(evolver.genome(e)) for e, _ in bests]
+    for name in space.tensor_names:
+        base = space.base_tensor(name)
+        want = base + sum(b * (p[name] - base) for b, p in zip(beta, parents, strict=True))
+        torch.testing.assert_close(got[name], want, atol=1e-5, rtol=1e-5)
+
+
+def test_resume_after_sigkill_gives_identical_archives(tmp_path, digits_cache):
+    config = digits_yaml(tmp_path / "kill.yaml", digits_cache, generations=30)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "cycleqd", "evolve"]
+    subprocess.run([*cmd, str(config), "--run-dir", str(tmp_path / "whole")], check=True,
+                   env=env, capture_output=True, timeout=600)
+    victim = subprocess.Popen([*cmd, str(config), "--run-dir", str(tmp_path / "killed")], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = tmp_path / "killed" / "checkpoint.json"
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        try:
+            if json.loads(checkpoint.read_text())["generation"] >= 8:
+                break
+        except (FileNotFoundError, json.JSONDecodeError, KeyError):
+            pass
+        time.sleep(0.05)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    killed_at = json.loads(checkpoint.read_text())["generation"]
+    assert 8 <= killed_at < 30, "the run was not killed mid-way"
+    subprocess.run([*cmd, "--resume", "--run-dir", str(tmp_path / "killed")], check=True, env=env,
+                   capture_output=True, timeout=600)
+    whole = json.loads((tmp_path / "whole" / "checkpoint.json").read_text())
+    resumed = json.loads(checkpoint.read_text())
+    for key in ("archives", "table", "rng", "generation", "evaluations"):
+        assert resumed[key] == whole[key], key
+    for name in ("events.jsonl", "metrics.jsonl", "summary.json"):
+        assert (tmp_path / "killed" / name).read_text() == (tmp_path / "whole" / name).read_text()
+
+
+def test_load_run_round_trips_the_run(tmp_path, digits_cache):
+    evolver, summary = run_digits(tmp_path, digits_cache, generations=6)
+    run = load_run(evolver.store.root)
+    assert run.summary == summary
+    for k, task in enumerate(run.tasks):
+        frame = run.archive(task)
+        data = evolver.archives.elites(k)
+        assert len(frame) == len(data["objective"])
+        assert sorted(frame["quality"]) == pytest.approx(sorted(data["objective"].tolist()))
+        assert set(frame["genome"]) == {evolver.table[e] for e in data["elite"]}
+        assert frame["quality"].tolist() == pytest.approx(frame[task].tolist())
+    best = run.best("noisy")
+    weights = run.materialize(best)
+    want = evolver.materializer.weights(evolver.genome(evolver.archives.best(1)[0]))
+    assert all(torch.equal(weights[n], want[n]) for n in want)
+    lineage = run.lineage(best)
+    assert lineage[0]["genome"] == best
+    origins = {step["op"] for step in lineage}
+    assert origins & {"expert:rotated", "expert:noisy", "expert:inverted"}
+    assert run.heatmap("rotated") is not None
