@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import save_file
 
 from cycleqd import WeightSpace
 
 EXPERTS = ("code", "sql", "shell")
+REPO = Path(__file__).resolve().parent.parent
 
 
 def synthetic_state_dicts(seed: int = 0, *, dtype: torch.dtype = torch.float32):
@@ -105,5 +106,14 @@ def tiny_llama_dirs(tmp_path_factory):
     return root / "base", experts
 
 
-def write_json(path: Path, data) -> None:
-    path.write_text(json.dumps(data))
+@pytest.fixture(scope="session")
+def digits_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+def digits_yaml(path, cache, **evolution):
+    data = yaml.safe_load(open(REPO / "experiments" / "digits.yaml"))
+    data["cache_dir"] = str(cache)
+    data["evolution"].update({"generations": 12, "batch_size": 4, **evolution})
+    path.write_text(yaml.safe_dump(data))
+    return path

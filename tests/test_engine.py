@@ -12,27 +12,12 @@ import time
 import numpy as np
 import pytest
 import torch
-import yaml
+from conftest import digits_yaml
 
 from cycleqd import Archives, Evolver, Genome, load_config, load_run
 from cycleqd.archive import derive_ranges
 from cycleqd.evolver import softmax
 from cycleqd.store import RunStore
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(scope="session")
-def digits_cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("cache")
-
-
-def digits_yaml(path, cache, **evolution):
-    data = yaml.safe_load(open(os.path.join(REPO, "experiments", "digits.yaml")))
-    data["cache_dir"] = str(cache)
-    data["evolution"].update({"generations": 12, "batch_size": 4, **evolution})
-    path.write_text(yaml.safe_dump(data))
-    return path
 
 
 def run_digits(tmp_path, cache, name="run", **evolution):
@@ -72,20 +57,35 @@ def test_evolution_cycles_tasks_and_writes_the_run_folder(tmp_path, digits_cache
     metrics = evolver.store.read_log("metrics.jsonl")
     assert [m["active"] for m in metrics] == [tasks[g % 3] for g in range(12)]
     assert summary["split"] == "test" and summary["tasks"] == tasks
-    assert set(summary["methods"]) == {"base", "expert_rotated", "expert_noisy",
-                                       "expert_inverted", "task_arithmetic_best", "cycleqd_final"}
+    assert set(summary["methods"]) == {
+        "base",
+        "expert_rotated",
+        "expert_noisy",
+        "expert_inverted",
+        "task_arithmetic_best",
+        "cycleqd_final",
+    }
     for scores in summary["methods"].values():
         assert set(scores) == set(tasks) and all(0 <= v <= 1 for v in scores.values())
     root = evolver.store.root
-    for name in ("config.yaml", "checkpoint.json", "events.jsonl", "summary.json", "final.json",
-                 "final.genome", "plots/curves.png", "plots/archive_rotated.png"):
+    for name in (
+        "config.yaml",
+        "checkpoint.json",
+        "events.jsonl",
+        "summary.json",
+        "final.json",
+        "final.genome",
+        "plots/curves.png",
+        "plots/archive_rotated.png",
+    ):
         assert (root / name).is_file(), name
     events = evolver.store.read_log("events.jsonl")
     assert sum(e["event"] == "seed" for e in events) == 3
     assert sum(e["event"] in ("child", "failed") for e in events) == 12 * 4
     # a child entered archives other than the active one
-    assert any(set(e.get("entered", [])) - {e.get("active")} for e in events
-               if e["event"] == "child")
+    assert any(
+        set(e.get("entered", [])) - {e.get("active")} for e in events if e["event"] == "child"
+    )
 
 
 def test_fixed_axes_ablation_stays_on_the_first_task(tmp_path, digits_cache):
@@ -94,8 +94,9 @@ def test_fixed_axes_ablation_stays_on_the_first_task(tmp_path, digits_cache):
 
 
 def test_final_merge_is_softmax_of_best_elites(tmp_path, digits_cache):
-    cfg = load_config(digits_yaml(tmp_path / "c.yaml", digits_cache, generations=6),
-                      ["final.method=softmax"])
+    cfg = load_config(
+        digits_yaml(tmp_path / "c.yaml", digits_cache, generations=6), ["final.method=softmax"]
+    )
     store = RunStore.create(tmp_path / "softmax", cfg)
     evolver = Evolver(cfg, store)
     evolver.run()
@@ -117,10 +118,19 @@ def test_resume_after_sigkill_gives_identical_archives(tmp_path, digits_cache):
     config = digits_yaml(tmp_path / "kill.yaml", digits_cache, generations=30)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "cycleqd", "evolve"]
-    subprocess.run([*cmd, str(config), "--run-dir", str(tmp_path / "whole")], check=True,
-                   env=env, capture_output=True, timeout=600)
-    victim = subprocess.Popen([*cmd, str(config), "--run-dir", str(tmp_path / "killed")], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [*cmd, str(config), "--run-dir", str(tmp_path / "whole")],
+        check=True,
+        env=env,
+        capture_output=True,
+        timeout=600,
+    )
+    victim = subprocess.Popen(
+        [*cmd, str(config), "--run-dir", str(tmp_path / "killed")],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     checkpoint = tmp_path / "killed" / "checkpoint.json"
     deadline = time.time() + 300
     while time.time() < deadline:
@@ -134,8 +144,13 @@ def test_resume_after_sigkill_gives_identical_archives(tmp_path, digits_cache):
     victim.wait()
     killed_at = json.loads(checkpoint.read_text())["generation"]
     assert 8 <= killed_at < 30, "the run was not killed mid-way"
-    subprocess.run([*cmd, "--resume", "--run-dir", str(tmp_path / "killed")], check=True, env=env,
-                   capture_output=True, timeout=600)
+    subprocess.run(
+        [*cmd, "--resume", "--run-dir", str(tmp_path / "killed")],
+        check=True,
+        env=env,
+        capture_output=True,
+        timeout=600,
+    )
     whole = json.loads((tmp_path / "whole" / "checkpoint.json").read_text())
     resumed = json.loads(checkpoint.read_text())
     for key in ("archives", "table", "rng", "generation", "evaluations"):
