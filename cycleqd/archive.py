@@ -149,8 +149,9 @@ class Archives:
         grids = []
         for k in range(self.num_tasks):
             data = self.elites(k)
-            grids.append({key: data[key].tolist() for key in ("index", "objective", "measures",
-                                                              "elite")})
+            grids.append(
+                {key: data[key].tolist() for key in ("index", "objective", "measures", "elite")}
+            )
         return {"tasks": self.tasks, "bins": self.bins, "ranges": self.ranges, "grids": grids}
 
     @classmethod

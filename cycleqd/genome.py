@@ -273,8 +273,11 @@ class Genome:
                 )
         return replace(
             self,
-            spectral={key: dict(sorted(spectral[key].items()))
-                      for key in sorted(spectral, key=_spectral_order) if spectral[key]},
+            spectral={
+                key: dict(sorted(spectral[key].items()))
+                for key in sorted(spectral, key=_spectral_order)
+                if spectral[key]
+            },
             noise=tuple(NoiseTerm(s, scale) for s, scale in sorted(noise.items())),
             lowrank=tuple(lowrank[k] for k in sorted(lowrank)),
         )
@@ -336,8 +339,9 @@ class Genome:
             }
         header["spectral"] = [
             {"expert": k, "rank": rank, "tensor": t, "r": put(r)}
-            for (k, rank), coords in sorted(self.spectral.items(),
-                                            key=lambda kv: _spectral_order(kv[0]))
+            for (k, rank), coords in sorted(
+                self.spectral.items(), key=lambda kv: _spectral_order(kv[0])
+            )
             for t, r in sorted(coords.items())
         ]
         header["noise"] = [{"seed": n.seed, "scale": put(n.scale)} for n in self.noise]

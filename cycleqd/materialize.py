@@ -18,7 +18,7 @@ import torch
 from cycleqd._mergekit import mergekit_merge
 from cycleqd.errors import CycleQDError, NonFiniteError
 from cycleqd.genome import WEIGHTED_SUM, Genome
-from cycleqd.kernels import backend_for, combine
+from cycleqd.kernels import backend_for, combine, lowrank_add
 from cycleqd.weights import Bank, WeightSpace
 
 __all__ = ["Materializer", "tensor_seed"]
@@ -212,9 +212,13 @@ class Materializer:
             S = torch.stack([factors[n][1] for n in names])
             V = torch.stack([factors[n][2] for n in names])
             r = torch.stack([coords[t] for _, t in rows]).to(S.device)
-            delta = torch.bmm(U * (r * S)[:, None, :], V.transpose(1, 2))
-            index = torch.tensor([p for p, _ in rows], device=extra.device)
-            extra.index_add_(0, index, delta.reshape(len(rows), -1))
+            positions = [p for p, _ in rows]
+            if positions == list(range(len(bank.names))):
+                lowrank_add(U, r * S, V, extra)
+            else:
+                part = torch.zeros(len(rows), extra.shape[1], device=extra.device)
+                lowrank_add(U, r * S, V, part)
+                extra.index_add_(0, torch.tensor(positions, device=extra.device), part)
         for term in genome.noise:
             for row, t in enumerate(bank.rows.tolist()):
                 scale = float(term.scale[t])

@@ -10,8 +10,9 @@ Two implementations share one signature:
 * :func:`combine_reference` — plain eager torch, row by row; the test oracle, runs everywhere.
 * :func:`combine_compiled` — the same arithmetic traced by ``torch.compile`` into one fused
   loop (one read of each input, one write, no temporaries); the CPU hot path.
+* :func:`cycleqd.kernels.combine_triton` — a hand-written Triton kernel; the GPU hot path.
 
-:func:`combine` picks the best one that works on the tensors' device. GPU kernels join here.
+:func:`combine` picks the best one that works on the tensors' device.
 """
 
 from __future__ import annotations
@@ -130,42 +131,52 @@ def combine_compiled(
     return out
 
 
-@functools.cache
-def backend_for(device_type: str) -> str:
-    """Name of the fastest :func:`combine` backend that works on ``device_type``.
+def _triton(*args: torch.Tensor | None) -> torch.Tensor:
+    from cycleqd.kernels.gpu import combine_triton
 
-    ``CYCLEQD_KERNEL=reference`` forces the reference path; ``compiled`` requires the compiled one.
-    The choice is probed once per device type: a tiny bank is combined by both paths and the
-    compiled result must match the reference, otherwise the reference is used.
-    """
-    forced = os.environ.get("CYCLEQD_KERNEL", "auto")
-    if forced not in ("auto", "reference", "compiled"):
-        raise ValueError(f"CYCLEQD_KERNEL={forced!r}: use one of auto, reference, compiled")
-    if forced != "auto":
-        return forced
+    return combine_triton(*args)
+
+
+_BACKENDS = {"reference": combine_reference, "compiled": combine_compiled, "triton": _triton}
+
+
+def _agrees(name: str, device_type: str) -> bool:
+    """Whether backend ``name`` runs on ``device_type`` and matches the reference on a probe."""
     try:
         gen = torch.Generator().manual_seed(0)
         base = torch.randn(3, 37, generator=gen).to(device_type)
         taus = torch.randn(2, 3, 37, generator=gen).to(device_type)
         coef = torch.randn(3, 2, generator=gen).to(device_type)
         got, want = torch.empty_like(base), torch.empty_like(base)
-        combine_compiled(base, taus, coef, got)
+        _BACKENDS[name](base, taus, coef, got, None)
         combine_reference(base, taus, coef, want)
         if torch.allclose(got, want, rtol=1e-5, atol=1e-6):
-            return "compiled"
-        _log.warning(
-            "compiled combine disagrees with the reference on %s; using the reference", device_type
-        )
-    except Exception as exc:  # a missing C++ compiler, an unsupported device, ...
-        _log.warning(
-            "torch.compile is unavailable on %s (%s); using the slower reference path",
-            device_type,
-            exc,
-        )
+            return True
+        _log.warning("the %s combine disagrees with the reference on %s", name, device_type)
+    except Exception as exc:  # no C++ compiler, no Triton, an unsupported device, ...
+        _log.warning("the %s combine is unavailable on %s (%s)", name, device_type, exc)
+    return False
+
+
+@functools.cache
+def backend_for(device_type: str) -> str:
+    """Name of the fastest :func:`combine` backend that works on ``device_type``.
+
+    GPUs: the Triton kernel, else the compiled one; CPUs: the compiled one; the reference where
+    neither works. Each candidate is probed once per device type against the reference.
+    ``CYCLEQD_KERNEL=reference|compiled|triton`` forces a backend.
+    """
+    forced = os.environ.get("CYCLEQD_KERNEL", "auto")
+    if forced not in ("auto", *_BACKENDS):
+        raise ValueError(f"CYCLEQD_KERNEL={forced!r}: use one of auto, {', '.join(_BACKENDS)}")
+    if forced != "auto":
+        return forced
+    candidates = ["triton", "compiled"] if device_type == "cuda" else ["compiled"]
+    for name in candidates:
+        if _agrees(name, device_type):
+            return name
+    _log.warning("using the slower reference combine on %s", device_type)
     return "reference"
-
-
-_BACKENDS = {"reference": combine_reference, "compiled": combine_compiled}
 
 
 def combine(
@@ -185,7 +196,8 @@ def combine(
         coef: ``[n, K]`` coefficients.
         out: ``[n, numel]`` destination, rounded once to its dtype.
         extra: optional fp32 ``[n, numel]`` addend.
-        backend: ``"reference"`` or ``"compiled"``; default: :func:`backend_for` the device.
+        backend: ``"reference"``, ``"compiled"`` or ``"triton"``; default: :func:`backend_for`
+            the device.
 
     Returns:
         ``out``.

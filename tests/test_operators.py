@@ -211,18 +211,22 @@ def test_svd_expert_adds_U_diag_rS_Vt_of_the_active_expert(space):
 def test_svd_child_error_is_within_its_bound():
     gen = torch.Generator().manual_seed(0)
     m, n = 96, 80
-    Q1, _ = torch.linalg.qr(torch.randn(m, n, generator=gen))
-    Q2, _ = torch.linalg.qr(torch.randn(n, n, generator=gen))
-    spectrum = torch.exp(-torch.arange(n, dtype=torch.float32) / 6)
-    tau = (Q1 * spectrum) @ Q2.T
+    mats, tails = [], []
+    for decay in (3.0, 6.0, 12.0):
+        Q1, _ = torch.linalg.qr(torch.randn(m, n, generator=gen))
+        Q2, _ = torch.linalg.qr(torch.randn(n, n, generator=gen))
+        spectrum = torch.exp(-torch.arange(n, dtype=torch.float32) / decay)
+        mats.append((Q1 * spectrum) @ Q2.T)
+        tails.append(spectrum)
+    mats = torch.stack(mats)
     for rank, oversample in [(4, 4), (8, 8), (16, 2)]:
-        op = SvdChild(rank=rank, oversample=oversample, niter=1)
-        U, S, V, error = op.factor(tau, seed=3)
-        assert U.shape == (m, rank) and S.shape == (rank,) and V.shape == (n, rank)
-        tail = float(torch.linalg.norm(spectrum[rank:]) / torch.linalg.norm(spectrum))
-        assert tail - 1e-5 <= float(error) <= svd_child_error_bound(tail, rank, oversample)
-    _, _, _, exact = SvdChild(rank=n).factor(tau, seed=0)
-    assert float(exact) < 1e-5
+        U, S, V, error = SvdChild(rank=rank, oversample=oversample, niter=1).factor(mats, seed=3)
+        assert U.shape == (3, m, rank) and S.shape == (3, rank) and V.shape == (3, n, rank)
+        for i, spectrum in enumerate(tails):
+            tail = float(torch.linalg.norm(spectrum[rank:]) / torch.linalg.norm(spectrum))
+            assert tail - 1e-5 <= float(error[i]) <= svd_child_error_bound(tail, rank, oversample)
+    _, _, _, exact = SvdChild(rank=n).factor(mats, seed=0)
+    assert float(exact.max()) < 1e-5
 
 
 def test_svd_child_rescales_the_childs_top_spectrum(space):

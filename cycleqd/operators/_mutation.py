@@ -11,6 +11,7 @@ import torch
 from cycleqd._registry import Registry
 from cycleqd.errors import CycleQDError
 from cycleqd.genome import Genome, LowRankTerm, NoiseTerm
+from cycleqd.kernels import truncated_svd
 from cycleqd.materialize import Materializer
 from cycleqd.weights import DEFAULT_SVD_EXCLUDE, WeightSpace
 
@@ -109,11 +110,12 @@ class SvdChild:
     """The paper's SVD mutation: rescale the child's own spectrum, ``U S Vᵀ → U (S ⊙ w) Vᵀ``.
 
     The child's task vector of each target matrix is factored by a truncated randomised SVD
-    (``torch.svd_lowrank``) of rank ``rank``; its top singular values are rescaled by
-    ``w ~ U[1 − scale, 1 + scale)``; the change ``U diag(S ⊙ (w − 1)) Vᵀ`` is stored in the genome
-    as a low-rank term. The spectrum beyond ``rank`` is kept as it is (not rescaled); the share of
-    the task vector it holds — the relative reconstruction error of the truncated SVD — is recorded
-    in the genome's provenance (``svd_child_error``) and obeys :func:`svd_child_error_bound`.
+    (:func:`cycleqd.kernels.truncated_svd`, batched over same-shape matrices) of rank ``rank``;
+    its top singular values are rescaled by ``w ~ U[1 − scale, 1 + scale)``; the change
+    ``U diag(S ⊙ (w − 1)) Vᵀ`` is stored in the genome as a low-rank term. The spectrum beyond
+    ``rank`` is kept as it is (not rescaled); the share of the task vector it holds — the
+    relative reconstruction error of the truncated SVD — is recorded in the genome's provenance
+    (``svd_child_error``) and obeys :func:`svd_child_error_bound`.
     The child is materialised into ``ctx.materializer``'s state dict to be factored.
 
     Args:
@@ -141,38 +143,56 @@ class SvdChild:
         self.rank, self.scale, self.oversample, self.niter = rank, scale, oversample, niter
         self.include, self.exclude = include, exclude
 
-    def factor(self, tau: torch.Tensor, seed: int) -> tuple[torch.Tensor, ...]:
-        """Truncated SVD ``(U, S, V)`` of ``tau`` (fp32) and its relative reconstruction error."""
-        m, n = tau.shape
-        r = min(self.rank, m, n)
-        if r + self.oversample >= min(m, n):
-            U, S, Vh = torch.linalg.svd(tau, full_matrices=False)
-            U, S, V = U[:, :r], S[:r], Vh[:r].T
-        else:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                U, S, V = torch.svd_lowrank(tau, q=r + self.oversample, niter=self.niter)
-            U, S, V = U[:, :r], S[:r], V[:, :r]
-        norm = torch.linalg.norm(tau)
-        residual = torch.linalg.norm(tau - (U * S) @ V.T)
-        error = (residual / norm).item() if norm > 0 else 0.0
-        return U.contiguous(), S.contiguous(), V.contiguous(), torch.tensor(error)
+    def factor(self, mats: torch.Tensor, seed: int) -> tuple[torch.Tensor, ...]:
+        """Truncated SVD of a batch of same-shape matrices, and its reconstruction error.
+
+        Args:
+            mats: ``[n, m, c]`` task-vector matrices.
+            seed: seeds the randomised SVD's sketch.
+
+        Returns:
+            ``U [n, m, r]``, ``S [n, r]``, ``V [n, c, r]`` (fp32) and the relative Frobenius
+            error ``||τ − U S Vᵀ|| / ||τ||`` of each matrix, ``[n]``.
+        """
+        mats = mats.float()
+        U, S, V = truncated_svd(
+            mats, self.rank, oversample=self.oversample, niter=self.niter, seed=seed
+        )
+        residual = mats - torch.bmm(U * S[:, None, :], V.transpose(1, 2))
+        norms = torch.linalg.norm(mats.flatten(1), dim=1)
+        errors = torch.linalg.norm(residual.flatten(1), dim=1) / norms.clamp_min(1e-30)
+        return U, S, V, torch.where(norms > 0, errors, torch.zeros_like(errors))
 
     def __call__(self, genome: Genome, ctx: MutationContext) -> Genome:
-        """``genome`` plus low-rank terms rescaling its own top singular values."""
+        """``genome`` plus low-rank terms rescaling its own top singular values.
+
+        Matrices of one shape are factored together (one batched randomised SVD per bank).
+        """
         space = ctx.space
         weights = ctx.materializer.materialize(genome)
-        terms, errors = [], {}
+        terms, errors = [], []
         seed = int(ctx.rng.integers(2**62))  # keys low-rank terms: collisions must not happen
-        for name in space.svd_targets(self.include, self.exclude):
-            t = space.index(name)
-            tau = weights[name].float() - space.base_tensor(name).float()
-            U, S, V, error = self.factor(tau, seed + t)
-            w = torch.from_numpy(ctx.rng.uniform(1 - self.scale, 1 + self.scale, S.shape[0]))
-            terms.append(
-                LowRankTerm(f"{seed}:{t}", t, U.cpu(), (S * (w.float().to(S) - 1)).cpu(), V.cpu())
-            )
-            errors[name] = float(error)
+        targets = set(space.svd_targets(self.include, self.exclude))
+        for b, bank in enumerate(space.banks):
+            names = [n for n in bank.names if n in targets]
+            if not names:
+                continue
+            mats = torch.stack([weights[n].float() - space.base_tensor(n).float() for n in names])
+            U, S, V, error = self.factor(mats, seed + b)
+            errors.extend(error.tolist())
+            for i, name in enumerate(names):
+                t = space.index(name)
+                w = torch.from_numpy(ctx.rng.uniform(1 - self.scale, 1 + self.scale, S.shape[1]))
+                change = S[i] * (w.float().to(S.device) - 1)
+                terms.append(
+                    LowRankTerm(
+                        f"{seed}:{t}",
+                        t,
+                        U[i].cpu().contiguous(),
+                        change.cpu(),
+                        V[i].cpu().contiguous(),
+                    )
+                )
         return genome.with_terms(
             lowrank=terms,
             mutation={
@@ -180,7 +200,7 @@ class SvdChild:
                 "rank": self.rank,
                 "scale": self.scale,
                 "seed": seed,
-                "svd_child_error": max(errors.values(), default=0.0),
+                "svd_child_error": max(errors, default=0.0),
             },
         )
 
