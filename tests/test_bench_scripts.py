@@ -1,0 +1,34 @@
+"""The benchmark scripts run (in their --small mode) and end with a parseable RESULT line.
+
+Their figures are measured by running them, never asserted here.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO
+
+
+@pytest.mark.parametrize(
+    ("script", "keys"),
+    [
+        ("materialize.py", ["bandwidth_fraction", "vs_mergekit_mem", "vs_mergekit_disk"]),
+        ("gpu.py", ["hbm_fraction", "vs_torch_ref", "vs_mergekit", "svd_mutation_s"]),
+    ],
+)
+def test_benchmark_runs_small(script, keys):
+    out = subprocess.run(
+        [sys.executable, str(REPO / "bench" / script), "--small", "--repeats", "1"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    last = out.stdout.strip().splitlines()[-1]
+    pattern = "RESULT " + " ".join(rf"{k}=[0-9.]+(e-?[0-9]+)?" for k in keys)
+    assert re.fullmatch(pattern, last), last
