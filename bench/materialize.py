@@ -42,28 +42,31 @@ def timed(fn: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
-def llama_config(small: bool):
-    from transformers import LlamaConfig
-
-    if small:
-        return LlamaConfig(
-            vocab_size=1000,
-            hidden_size=128,
-            intermediate_size=512,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=4,
-            tie_word_embeddings=False,
-            dtype="bfloat16",
-            architectures=["LlamaForCausalLM"],
-        )
-    return LlamaConfig(
+SIZES = {
+    "small": dict(
+        vocab_size=1000,
+        hidden_size=128,
+        intermediate_size=512,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+    ),
+    "0.5B": dict(
         vocab_size=32000,
         hidden_size=1024,
         intermediate_size=4096,
         num_hidden_layers=28,
         num_attention_heads=16,
         num_key_value_heads=16,
+    ),
+}
+
+
+def llama_config(small: bool):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        **SIZES["small" if small else "0.5B"],
         tie_word_embeddings=False,
         dtype="bfloat16",
         architectures=["LlamaForCausalLM"],
