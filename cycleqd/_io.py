@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write_bytes", "atomic_write_json", "atomic_write_text"]
+__all__ = ["atomic_write_bytes", "atomic_write_json", "atomic_write_text", "public_mkdtemp"]
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> int:
@@ -17,6 +17,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes owner-only files; honour the umask
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -26,6 +27,19 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> int:
         Path(tmp).unlink(missing_ok=True)
         raise
     return len(data)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def public_mkdtemp(parent: Path, prefix: str) -> Path:
+    """A temporary directory beside its final place, with the umask's permissions."""
+    path = Path(tempfile.mkdtemp(dir=parent, prefix=prefix))
+    os.chmod(path, 0o777 & ~_umask())
+    return path
 
 
 def atomic_write_text(path: str | Path, text: str) -> int:

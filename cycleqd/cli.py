@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -67,6 +66,7 @@ def evolve(
     from cycleqd.store import RunStore
 
     try:
+        existed = True
         if config is None and not resume:
             raise ConfigError("give a CONFIG file, or --resume --run-dir RUN to continue a run")
         if resume:
@@ -76,9 +76,14 @@ def evolve(
                 run_dir = Path("archives") / load_config(config).name
             store = RunStore.open(run_dir)
             cfg = store.config()
-            if config is not None or overrides:
-                wanted = load_config(config, overrides) if config else None
-                if wanted is not None and wanted != cfg:
+            if overrides and config is None:
+                raise ConfigError(
+                    "--set changes a config: a resumed run keeps the config it was "
+                    "started with (give the same CONFIG with --set to check it)"
+                )
+            if config is not None:
+                wanted = load_config(config, overrides or [])
+                if wanted != cfg:
                     raise ConfigError(
                         f"{config} differs from the config of the run in {run_dir}; "
                         "resume without CONFIG, or start a new run"
@@ -91,8 +96,18 @@ def evolve(
         else:
             cfg = load_config(config, overrides or [])
             cfg.check_names()
-            store = RunStore.create(run_dir or Path("archives") / cfg.name, cfg)
-        summary = _evolve(cfg, store, resume)
+            root = run_dir or Path("archives") / cfg.name
+            existed = root.exists()
+            store = RunStore.create(root, cfg)
+        try:
+            summary = _evolve(cfg, store, resume)
+        except BaseException:
+            if not resume and store.checkpoint() is None:
+                # failed before the first checkpoint (a missing model, say): leave nothing that
+                # would block running the fixed config again
+                for path in list(store.root.iterdir()) if existed else [store.root]:
+                    shutil.rmtree(path) if path.is_dir() else path.unlink()
+            raise
     except CycleQDError as exc:
         _fail(exc)
     console.print(_summary_table(summary))
@@ -192,6 +207,7 @@ def export(
     ] = None,
 ) -> None:
     """Write a model as a Hugging Face checkpoint (or a safetensors state dict)."""
+    from cycleqd._io import public_mkdtemp
     from cycleqd.config import ConfigError
     from cycleqd.errors import CycleQDError
     from cycleqd.run import load_run
@@ -205,7 +221,7 @@ def export(
         which = "final" if final else (loaded.best(best) if best is not None else elite)
         genome_id = loaded.resolve(which)
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+        tmp = public_mkdtemp(out.parent, f".{out.name}.")
         try:
             loaded.to_hf(genome_id, tmp)
             tmp.rename(out)

@@ -141,7 +141,8 @@ class FinalConfig(_Strict):
 
     method: Literal["softmax", "validation"] = "softmax"
     lambdas: list[float] = Field(
-        default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.2]
+        default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.2],
+        min_length=1,
     )
 
 

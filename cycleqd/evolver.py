@@ -23,6 +23,7 @@ import torch
 
 from cycleqd.archive import Archives, derive_ranges
 from cycleqd.config import ConfigError, RunConfig
+from cycleqd.errors import CycleQDError
 from cycleqd.evaluator import Evaluator, LocalEvaluator
 from cycleqd.genome import Genome
 from cycleqd.materialize import Materializer
@@ -197,14 +198,28 @@ class Evolver:
             data = self.archives.elites(k)
             picked = self.selection(data["objective"], data["measures"], 2, self.rng)
             parents = [self.genome(int(data["elite"][i])) for i in picked]
-            child = self.mutation(self.crossover(parents, self.rng, self.space), ctx)
+            try:
+                child = self.mutation(self.crossover(parents, self.rng, self.space), ctx)
+            except CycleQDError as exc:  # a bad child (NaN/Inf in svd_child, Σw ≈ 0) is logged
+                self.store.append(
+                    "events.jsonl",
+                    {
+                        "event": "failed",
+                        "generation": g,
+                        "active": self.tasks[k],
+                        "parents": [p.id for p in parents],
+                        "reason": f"{type(exc).__name__}: {exc}",
+                    },
+                )
+                continue
             children.append(child)
             lineage.append([p.id for p in parents])
-        result = self.evaluator.evaluate(children, "val")
+        result = self.evaluator.evaluate(children, "val") if children else None
         self.evaluations += len(children)
-        for child, scores, error, parents in zip(
-            children, result.scores, result.errors, lineage, strict=True
-        ):
+        outcomes = (
+            zip(children, result.scores, result.errors, lineage, strict=True) if result else ()
+        )
+        for child, scores, error, parents in outcomes:
             record: dict[str, Any] = {
                 "event": "child",
                 "generation": g,
@@ -342,6 +357,8 @@ class Evolver:
             )
             if avg > best_val:
                 best_lambda, best_val = lam, avg
+        if best_lambda is None:  # every λ failed to score: report the first, its NaNs included
+            best_lambda = self.cfg.final.lambdas[0]
         info["task_arithmetic_lambda"] = best_lambda
         methods = {"base": Genome.base(self.space)}
         methods |= {f"expert_{t}": Genome.expert(self.space, k) for k, t in enumerate(self.tasks)}

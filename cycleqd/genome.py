@@ -309,21 +309,13 @@ class Genome:
 
     # --- serialisation ------------------------------------------------------------------------
 
-    def _encode(
-        self,
-        tensors: dict[str, torch.Tensor],
-        with_meta: bool,
-        seen: dict[tuple, str] | None = None,
-    ) -> dict[str, Any]:
-        seen = {} if seen is None else seen
+    def _node(self, tensors: dict[str, torch.Tensor], with_meta: bool) -> dict[str, Any]:
+        """This genome's own fields as a JSON header; merge parents appear by id only."""
 
         def put(t: torch.Tensor) -> str:
-            # a parent reached along two paths of the lineage is stored once
-            identity = (t.data_ptr(), tuple(t.shape), t.stride(), str(t.device))
-            if identity not in seen:
-                seen[identity] = f"t{len(tensors)}"
-                tensors[seen[identity]] = t.detach().to("cpu", torch.float32).clone()
-            return seen[identity]
+            key = f"t{len(tensors)}"
+            tensors[key] = t.detach().to("cpu", torch.float32).contiguous().clone()
+            return key
 
         header: dict[str, Any] = {"T": self.num_tensors, "K": self.num_experts}
         if self.coefficients is not None:
@@ -335,7 +327,7 @@ class Genome:
                 "parameters": dict(m.parameters),
                 "seed": m.seed,
                 "weights": None if m.weights is None else put(m.weights),
-                "parents": [p._encode(tensors, with_meta, seen) for p in m.parents],
+                "parents": [p.id for p in m.parents],
             }
         header["spectral"] = [
             {"expert": k, "rank": rank, "tensor": t, "r": put(r)}
@@ -353,9 +345,37 @@ class Genome:
             header["meta"] = dict(self.meta)
         return header
 
-    def _serialise(self, with_meta: bool) -> bytes:
+    def lineage(self) -> dict[str, Genome]:
+        """This genome and every merge-node ancestor, each once, by id, parents before children.
+
+        Iterative (lineages can be thousands of generations deep); computing each id after its
+        parents' keeps the Merkle hashing flat too.
+        """
+        found: dict[str, Genome] = {}
+        seen: set[int] = set()
+        stack: list[tuple[Genome, bool]] = [(self, False)]
+        while stack:
+            genome, expanded = stack.pop()
+            if expanded:
+                found.setdefault(genome.id, genome)
+                continue
+            if id(genome) in seen:
+                continue
+            seen.add(id(genome))
+            stack.append((genome, True))
+            for parent in genome.merge.parents if genome.merge is not None else ():
+                stack.append((parent, False))
+        return found
+
+    def to_bytes(self) -> bytes:
+        """Safetensors bytes: tensors plus a JSON header in the metadata; no pickle.
+
+        Merge-node ancestors are stored once each (a DAG keyed by id), however many paths of the
+        lineage reach them.
+        """
         tensors: dict[str, torch.Tensor] = {}
-        header = self._encode(tensors, with_meta)
+        nodes = {gid: g._node(tensors, with_meta=True) for gid, g in self.lineage().items()}
+        header = {"root": self.id, "nodes": nodes}
         metadata = {
             "format": FORMAT,
             "space": self.space,
@@ -363,19 +383,15 @@ class Genome:
         }
         return st_save(tensors, metadata=metadata)
 
-    def to_bytes(self) -> bytes:
-        """Safetensors bytes: tensors plus a JSON header in the metadata; no pickle."""
-        return self._serialise(with_meta=True)
-
     @cached_property
     def id(self) -> str:
         """Content hash (provenance excluded): equal ids replay to identical weights.
 
-        Hashes a canonical form (sorted JSON header, then each tensor's shape and bytes): the
-        safetensors header's key order is not stable, so its bytes are not hashed.
+        A Merkle hash: the genome's own fields (sorted JSON header, then each tensor's shape and
+        bytes) and its merge parents' ids, so it does not depend on how the lineage is stored.
         """
         tensors: dict[str, torch.Tensor] = {}
-        header = self._encode(tensors, with_meta=False)
+        header = self._node(tensors, with_meta=False)
         h = hashlib.sha256(f"{FORMAT}|{self.space}|".encode())
         h.update(json.dumps(header, sort_keys=True).encode())
         for key in sorted(tensors, key=lambda k: int(k[1:])):
@@ -388,7 +404,7 @@ class Genome:
         """Inverse of :meth:`to_bytes`.
 
         Raises:
-            CycleQDError: the bytes are not a cycleqd genome.
+            CycleQDError: the bytes are not a cycleqd genome (or are truncated or corrupt).
         """
         try:
             tensors = st_load(data)
@@ -396,16 +412,36 @@ class Genome:
             metadata = json.loads(data[8 : 8 + header_len]).get("__metadata__", {})
             if metadata.get("format") != FORMAT:
                 raise ValueError(f"format {metadata.get('format')!r}")
-            return cls._decode(json.loads(metadata["genome"]), tensors, metadata["space"])
-        except (ValueError, KeyError, json.JSONDecodeError) as exc:
+            header = json.loads(metadata["genome"])
+            nodes, built = header["nodes"], {}
+            stack = [header["root"]]
+            while stack:  # parents before children, iteratively
+                gid = stack[-1]
+                missing = [
+                    p for p in nodes[gid].get("merge", {}).get("parents", []) if p not in built
+                ]
+                if missing:
+                    stack.extend(missing)
+                    continue
+                stack.pop()
+                if gid not in built:
+                    built[gid] = cls._decode(nodes[gid], tensors, metadata["space"], built)
+                    if built[gid].id != gid:
+                        raise ValueError(f"node {gid} does not hash to its id (corrupt file)")
+            return built[header["root"]]
+        except Exception as exc:  # SafetensorError, truncated JSON, a missing key: all corrupt
             raise CycleQDError(
-                f"not a cycleqd genome file ({exc}); genomes are written by "
-                "Genome.save / the run store"
+                f"not a cycleqd genome file ({type(exc).__name__}: {exc}); genomes are written "
+                "by Genome.save / the run store"
             ) from exc
 
     @classmethod
     def _decode(
-        cls, h: Mapping[str, Any], tensors: Mapping[str, torch.Tensor], space: str
+        cls,
+        h: Mapping[str, Any],
+        tensors: Mapping[str, torch.Tensor],
+        space: str,
+        built: Mapping[str, Genome],
     ) -> Genome:
         merge = None
         if "merge" in h:
@@ -414,7 +450,7 @@ class Genome:
                 method=m["method"],
                 parameters=m["parameters"],
                 seed=m["seed"],
-                parents=tuple(cls._decode(p, tensors, space) for p in m["parents"]),
+                parents=tuple(built[p] for p in m["parents"]),
                 weights=None if m["weights"] is None else tensors[m["weights"]],
             )
         spectral: dict[SpectralKey, dict[int, torch.Tensor]] = {}

@@ -11,7 +11,7 @@ and fused into the same pass.
 from __future__ import annotations
 
 import hashlib
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 
 import torch
 
@@ -73,6 +73,7 @@ class Materializer:
         self.state_dict = self._views(self._outputs)
         self._workspace: torch.Tensor | None = None
         self._cache: OrderedDict[str, list[torch.Tensor]] = OrderedDict()
+        self._fingerprint = space.fingerprint()
 
     def _views(self, outputs: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         views: dict[str, torch.Tensor] = {}
@@ -115,19 +116,61 @@ class Materializer:
         )
 
     def _write(self, genome: Genome, outputs: list[torch.Tensor]) -> None:
+        """Write ``genome`` into ``outputs``, replaying its merge-node ancestors first.
+
+        Each ancestor of the lineage is materialised once, in order, and freed as soon as every
+        genome that merges it is done; recently used ones stay in a small LRU cache across calls.
+        """
         space = self.space
         if (genome.space, genome.num_tensors, genome.num_experts) != (
-            space.fingerprint(),
+            self._fingerprint,
             len(space.tensor_names),
             space.num_experts,
         ):
             raise CycleQDError(
                 f"genome {genome.id} was made for weight space {genome.space}, not for this one "
-                f"({space.fingerprint()}): load the base and experts it was evolved with"
+                f"({self._fingerprint}): load the base and experts it was evolved with"
             )
-        parents = None
-        if genome.merge is not None:
-            parents = [self._materialized(p) for p in genome.merge.parents]
+        if genome.merge is None:
+            self._write_node(genome, outputs, None)
+            return
+        order = list(genome.lineage().values())
+        pending = Counter(p.id for g in order if g.merge is not None for p in g.merge.parents)
+        memo: dict[str, list[torch.Tensor]] = {}
+        for node in order[:-1]:
+            if node.id in self._cache:
+                self._cache.move_to_end(node.id)
+                memo[node.id] = self._cache[node.id]
+                continue
+            node_out = [torch.empty_like(bank.base) for bank in space.banks]
+            self._write_node(node, node_out, self._parents(node, memo, pending))
+            memo[node.id] = node_out
+            if node.merge is not None:
+                self._remember(node.id, node_out)
+        self._write_node(genome, outputs, self._parents(genome, memo, pending))
+
+    @staticmethod
+    def _parents(
+        genome: Genome, memo: dict[str, list[torch.Tensor]], pending: Counter
+    ) -> list[list[torch.Tensor]] | None:
+        if genome.merge is None:
+            return None
+        parents = [memo[p.id] for p in genome.merge.parents]
+        for p in genome.merge.parents:
+            pending[p.id] -= 1
+            if pending[p.id] == 0:
+                memo.pop(p.id, None)  # the list above still holds it for this genome
+        return parents
+
+    def _remember(self, genome_id: str, outputs: list[torch.Tensor]) -> None:
+        self._cache[genome_id] = outputs
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+
+    def _write_node(
+        self, genome: Genome, outputs: list[torch.Tensor], parents: list[list[torch.Tensor]] | None
+    ) -> None:
+        space = self.space
         zeros = torch.zeros(1, space.num_experts)
         for b, bank in enumerate(space.banks):
             extra = None
@@ -156,15 +199,12 @@ class Materializer:
                 )
 
     def _materialized(self, genome: Genome) -> list[torch.Tensor]:
-        """Fresh output banks holding ``genome``; merge-node parents come from the LRU cache."""
+        """Fresh output banks holding ``genome``."""
         if genome.id in self._cache:
             self._cache.move_to_end(genome.id)
             return self._cache[genome.id]
         outputs = [torch.empty_like(bank.base) for bank in self.space.banks]
         self._write(genome, outputs)
-        self._cache[genome.id] = outputs
-        while len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
         return outputs
 
     def _merge_delta(

@@ -198,6 +198,7 @@ class WeightSpace:
             )
         self._svd: dict[tuple[int, int | None], dict[str, tuple[torch.Tensor, ...]]] = {}
         self._digests: dict[int, str] = {}
+        self._fingerprint: str | None = None
 
     def _cast(self, tensor: torch.Tensor) -> torch.Tensor:
         if self.dtype is not None and tensor.is_floating_point():
@@ -283,16 +284,26 @@ class WeightSpace:
         return self._where[name]
 
     def fingerprint(self) -> str:
-        """Hash of the tensor names, shapes, dtypes and expert names.
+        """Hash of the space: tensor names, shapes, dtypes, expert names, and a sample of values.
 
-        Genomes carry it, so that a genome is never replayed against a different space.
+        Genomes carry it, so that a genome is never replayed against a different space — also not
+        against rebuilt experts with the same architecture. The values hashed are 64 evenly
+        spaced elements of every base and task-vector row (hashing every byte of an 8 B model
+        would cost a minute at each start); an accidental collision is out of reach.
         """
-        h = hashlib.sha256()
-        for name in self.tensor_names:
-            bank, _ = self._where[name]
-            h.update(f"{name}|{self.shapes[name]}|{self.banks[bank].dtype};".encode())
-        h.update("|".join(self.expert_names).encode())
-        return h.hexdigest()[:16]
+        if self._fingerprint is None:
+            h = hashlib.sha256()
+            for name in self.tensor_names:
+                bank, _ = self._where[name]
+                h.update(f"{name}|{self.shapes[name]}|{self.banks[bank].dtype};".encode())
+            h.update("|".join(self.expert_names).encode())
+            for bank in self.banks:
+                picks = torch.linspace(0, bank.numel - 1, min(64, bank.numel)).long()
+                picks = picks.to(bank.base.device)
+                h.update(bank.base[:, picks].float().cpu().numpy().tobytes())
+                h.update(bank.taus[:, :, picks].float().cpu().numpy().tobytes())
+            self._fingerprint = h.hexdigest()[:16]
+        return self._fingerprint
 
     def layer_groups(self) -> list[int]:
         """Per tensor, the index of its layer group.
@@ -350,12 +361,20 @@ class WeightSpace:
             k: expert index.
             names: 2-D tensor names.
             rank: keep the top ``rank`` singular triplets (``None``: full rank).
+
+        Raises:
+            CycleQDError: ``rank`` below 1.
         """
+        if rank is not None and rank < 1:
+            raise CycleQDError(f"SVD rank must be >= 1 (or None for full rank), got {rank}")
         names = list(dict.fromkeys(names))
         known = self._svd.setdefault((k, rank), {})
         path = None
         if self.cache_dir is not None:
-            path = self.cache_dir / f"svd-{self._tau_digest(k)}-rank{rank or 'full'}.safetensors"
+            path = (
+                self.cache_dir
+                / f"svd-{self._tau_digest(k)}-rank{'full' if rank is None else rank}.safetensors"
+            )
             if any(n not in known for n in names) and path.is_file():
                 flat = load_file(path, device=str(self.device))
                 for key in flat:
@@ -376,6 +395,11 @@ class WeightSpace:
                     Vh[i, :r, :].T.contiguous(),
                 )
         if missing and path is not None:
+            if path.is_file():  # another process may have added factors since: keep them
+                flat = load_file(path, device=str(self.device))
+                for key in flat:
+                    n = key.rsplit(".", 1)[0]
+                    known.setdefault(n, (flat[f"{n}.U"], flat[f"{n}.S"], flat[f"{n}.V"]))
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
             save_file(

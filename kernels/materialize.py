@@ -108,10 +108,15 @@ def _compiled():
     # Compiled per bank shape (static shapes: a dynamic-shape kernel traced at a small size
     # runs at about half the bandwidth measured here), dtype, K and with/without ``extra``: a
     # model needs a dozen variants, more than dynamo's default limit of 8 per function.
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 256)
-    torch._dynamo.config.accumulated_recompile_limit = max(
-        torch._dynamo.config.accumulated_recompile_limit, 1024
-    )
+    config = torch._dynamo.config
+    for name, floor in (
+        ("recompile_limit", 256),
+        ("cache_size_limit", 256),
+        ("accumulated_recompile_limit", 1024),
+        ("accumulated_cache_size_limit", 1024),
+    ):
+        if hasattr(config, name):  # renamed across torch releases
+            setattr(config, name, max(getattr(config, name), floor))
     return torch.compile(_fused, dynamic=False, fullgraph=True)
 
 

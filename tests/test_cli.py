@@ -186,3 +186,29 @@ def test_transformers_run_with_a_plugin_scorer_exports_a_loadable_model(
         assert torch.equal(exported(tokens).logits, ours(tokens).logits)
     weights = run.materialize(best)
     assert all(torch.equal(exported.state_dict()[n], weights[n]) for n in weights)
+
+
+def test_a_run_that_fails_before_seeding_leaves_nothing(config, tmp_path):
+    edit(
+        config,
+        lambda d: d["models"].update(
+            source="paths",
+            base=str(tmp_path / "none"),
+            experts={t["name"]: str(tmp_path / "none") for t in d["tasks"]},
+            params={},
+        ),
+    )
+    code, output = invoke("evolve", config, "--run-dir", tmp_path / "run")
+    assert code == 2 and "does not exist" in output
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_refuses_overrides_without_the_config(config, tmp_path):
+    code, output = invoke("evolve", config, "--run-dir", tmp_path / "run")
+    assert code == 0, output
+    mode = (tmp_path / "run" / "config.yaml").stat().st_mode & 0o777
+    assert mode & 0o044 == 0o044 & ~__import__("os").umask(0o022)  # readable as the umask says
+    code, output = invoke(
+        "evolve", "--resume", "--run-dir", tmp_path / "run", "--set", "evolution.generations=9"
+    )
+    assert code == 2 and "a resumed run keeps the config" in output

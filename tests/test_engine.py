@@ -179,3 +179,28 @@ def test_load_run_round_trips_the_run(tmp_path, digits_cache):
     origins = {step["op"] for step in lineage}
     assert origins & {"expert:rotated", "expert:noisy", "expert:inverted"}
     assert run.heatmap("rotated") is not None
+
+
+def test_a_child_whose_operators_fail_is_logged_and_the_run_goes_on(
+    tmp_path, digits_cache, monkeypatch
+):
+    (tmp_path / "flaky_ops.py").write_text(
+        "from cycleqd import CycleQDError\n"
+        "class Flaky:\n"
+        "    calls = 0\n"
+        "    def __call__(self, genome, ctx):\n"
+        "        Flaky.calls += 1\n"
+        "        if Flaky.calls % 2:\n"
+        "            raise CycleQDError('mutation blew up')\n"
+        "        return genome\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = load_config(
+        digits_yaml(tmp_path / "f.yaml", digits_cache, generations=3),
+        ["evolution.mutation.name=flaky_ops:Flaky", "evolution.mutation.params={}"],
+    )
+    evolver = Evolver(cfg, RunStore.create(tmp_path / "flaky", cfg))
+    summary = evolver.run()
+    failed = [e for e in evolver.store.read_log("events.jsonl") if e["event"] == "failed"]
+    assert len(failed) == 6 and all("mutation blew up" in e["reason"] for e in failed)
+    assert "cycleqd_final" in summary["methods"]

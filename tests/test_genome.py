@@ -144,3 +144,68 @@ def test_non_finite_expert_is_refused_at_load(state_dicts):
         r"'model.layers.0.mlp.down_proj.weight' holds NaN/Inf",
     ):
         WeightSpace(base=base, experts=experts)
+
+
+def test_merge_lineages_stay_linear_in_size_and_replay_cost(space, tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    ties = CROSSOVERS.build("ties", parameters={"density": 0.7})
+    pool = [Genome.expert(space, k) for k in range(3)]
+    for _ in range(30):
+        a, b = rng.choice(len(pool), size=2, replace=False)
+        pool.append(ties([pool[a], pool[b]], rng, space))
+        pool = pool[-6:]
+    child = pool[-1]
+    lineage = child.lineage()
+    size = child.save(tmp_path / "deep.genome")
+    assert size < 40_000 * len(lineage)  # each ancestor stored once
+    writes = []
+    mat = Materializer(space, cache_size=0)
+    original = mat._write_node
+    monkeypatch.setattr(mat, "_write_node", lambda g, *a: (writes.append(g.id), original(g, *a)))
+    mat.materialize(child)
+    assert len(writes) == len(set(writes)) == len(lineage)
+    loaded = Genome.load(tmp_path / "deep.genome")
+    assert loaded.id == child.id
+    again = Materializer(space).materialize(loaded)
+    fresh = Materializer(space).materialize(child)
+    assert all(torch.equal(again[n], fresh[n]) for n in fresh)
+
+
+def test_merge_ids_do_not_depend_on_shared_objects(space, tmp_path):
+    rng = np.random.default_rng(1)
+    ties = CROSSOVERS.build("ties", parameters={"density": 0.5})
+    e0, e1, e2 = (Genome.expert(space, k) for k in range(3))
+    left, right = ties([e0, e1], rng, space), ties([e0, e2], rng, space)
+    child = ties([left, right], rng, space)
+    left.save(tmp_path / "l.genome")
+    right.save(tmp_path / "r.genome")
+    rebuilt = Genome.merged(
+        child.merge.method,
+        [Genome.load(tmp_path / "l.genome"), Genome.load(tmp_path / "r.genome")],
+        parameters=child.merge.parameters,
+        seed=child.merge.seed,
+        weights=child.merge.weights,
+    )
+    assert rebuilt.id == child.id
+
+
+def test_corrupt_genome_files_are_explained(space, tmp_path):
+    data = _lineage(space).to_bytes()
+    for name, blob in {"truncated": data[: len(data) // 2], "junk": b"\xff" * 64}.items():
+        (tmp_path / name).write_bytes(blob)
+        with pytest.raises(CycleQDError, match="not a cycleqd genome file"):
+            Genome.load(tmp_path / name)
+
+
+def test_fingerprint_sees_changed_expert_values(state_dicts):
+    base, experts = state_dicts
+    first = WeightSpace(base=base, experts=experts).fingerprint()
+    experts["sql"]["model.layers.1.mlp.up_proj.weight"] += 0.5
+    assert WeightSpace(base=base, experts=experts).fingerprint() != first
+
+
+def test_svd_rank_must_be_positive(space):
+    with pytest.raises(CycleQDError, match="rank must be >= 1"):
+        MUTATIONS.build("svd_expert", rank=0)
+    with pytest.raises(CycleQDError, match="rank must be >= 1"):
+        space.svd_factors(0, space.svd_targets(), rank=0)

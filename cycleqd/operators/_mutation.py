@@ -75,6 +75,8 @@ class SvdExpert:
         exclude: str | None = DEFAULT_SVD_EXCLUDE,
     ) -> None:
         _check_rate("svd_expert rate", rate)
+        if rank is not None and rank < 1:
+            raise CycleQDError(f"svd_expert rank must be >= 1 (or null for full rank), got {rank}")
         self.rate, self.rank, self.include, self.exclude = rate, rank, include, exclude
 
     def __call__(self, genome: Genome, ctx: MutationContext) -> Genome:
