@@ -66,7 +66,8 @@ def python_problem(problem):
     for case in cases:
         try:
             if mode == "eval":
-                value = eval(compiled, {"__builtins__": __builtins__}, dict(case))
+                # the case as globals: comprehensions in the expression must see its names
+                value = eval(compiled, {"__builtins__": __builtins__, **case})
             else:
                 value = namespace["solution"](**case)
             out.append({"ok": True, "value": repr(value)})

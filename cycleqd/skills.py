@@ -1,0 +1,288 @@
+"""Synthetic agent skills, scored by executing what a model writes (in the sandbox).
+
+A miniature of the paper's coding / database / OS tasks: a natural-language request becomes
+
+* ``code`` — a one-line Python expression over the inputs ``xs`` (a list of ints) and ``k``;
+  scored by evaluating it on several inputs against the gold expression's values;
+* ``sql`` — a query over a small SQLite database (employees, departments, projects: joins and
+  aggregates); scored by comparing result sets with the gold query's;
+* ``shell`` — a command over a fixture directory tree (``ls``, ``grep``, ``wc``, ``sort``,
+  ``head``, ``find``, pipes); scored by comparing its output, run on a fresh copy, with the gold
+  command's.
+
+Every split is generated from templates and a seed. Test problems use argument values that train
+and val never use (so a model cannot pass by memorising), and a held-out share of the
+template × argument combinations.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from cycleqd.errors import CycleQDError
+from cycleqd.sandbox import Sandbox
+
+__all__ = ["SKILLS", "Problem", "generate", "score"]
+
+SKILLS = ("code", "sql", "shell")
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One request and its gold answer.
+
+    Attributes:
+        skill: ``code``, ``sql`` or ``shell``.
+        prompt: the natural-language request.
+        gold: the gold program (expression, query or command).
+        cases: for ``code``, the inputs the answer is evaluated on.
+    """
+
+    skill: str
+    prompt: str
+    gold: str
+    cases: tuple[dict[str, Any], ...] = field(default=())
+
+
+# --- code ------------------------------------------------------------------------------------
+
+_SELECTIONS = [  # (phrase, expression over the name `v` of an element, uses k)
+    ("the elements", "", False),
+    ("the even elements", "v % 2 == 0", False),
+    ("the odd elements", "v % 2 == 1", False),
+    ("the elements greater than k", "v > k", True),
+    ("the elements less than k", "v < k", True),
+    ("the elements divisible by k", "v % k == 0", True),
+]
+_REDUCTIONS = [  # (phrase, template over the selected list `S`, uses k)
+    ("the sum of {sel}", "sum({S})", False),
+    ("the largest of {sel}", "max({S}, default=0)", False),
+    ("the smallest of {sel}", "min({S}, default=0)", False),
+    ("the number of {sel}", "len({S})", False),
+    ("{sel} sorted in increasing order", "sorted({S})", False),
+    ("{sel} sorted in decreasing order", "sorted({S}, reverse=True)", False),
+    ("{sel} each multiplied by k", "[v * k for v in {S}]", True),
+    ("the first k of {sel}", "{S}[:k]", True),
+    ("{sel} each squared", "[v * v for v in {S}]", False),
+]
+
+
+def _code_problems(rng: random.Random, split: str, n: int) -> list[Problem]:
+    combos = [(s, r) for s in range(len(_SELECTIONS)) for r in range(len(_REDUCTIONS))]
+    held_out = set(random.Random(99).sample(combos, len(combos) // 5))
+    pool = [c for c in combos if (c in held_out) == (split == "test")]
+    ks = range(6, 10) if split == "test" else range(2, 6)
+    out = []
+    for _ in range(n):
+        s, r = rng.choice(pool)
+        sel_phrase, condition, _ = _SELECTIONS[s]
+        red_phrase, template, _ = _REDUCTIONS[r]
+        selected = f"[v for v in xs if {condition}]" if condition else "xs"
+        k = rng.choice(ks)
+        gold = template.format(S=selected)
+        cases = tuple(
+            {"xs": [rng.randint(0, 20) for _ in range(rng.randint(3, 8))], "k": k} for _ in range(4)
+        )
+        prompt = f"Given a list xs and k = {k}, return {red_phrase.format(sel=sel_phrase)}."
+        out.append(Problem("code", prompt, gold, cases))
+    return out
+
+
+# --- sql -------------------------------------------------------------------------------------
+
+DEPARTMENTS = ["sales", "research", "support", "legal", "design", "finance", "ops", "hr"]
+SCHEMA = """
+CREATE TABLE departments(id INTEGER PRIMARY KEY, name TEXT, floor INTEGER);
+CREATE TABLE employees(id INTEGER PRIMARY KEY, name TEXT, dept_id INTEGER, salary INTEGER,
+                       age INTEGER);
+CREATE TABLE projects(id INTEGER PRIMARY KEY, title TEXT, dept_id INTEGER, budget INTEGER);
+"""
+
+
+def sql_database(seed: int = 0) -> str:
+    """The SQL script that builds the skill's database (deterministic from ``seed``)."""
+    rng = random.Random(seed)
+    lines = [SCHEMA]
+    for i, name in enumerate(DEPARTMENTS, 1):
+        lines.append(f"INSERT INTO departments VALUES ({i}, '{name}', {rng.randint(1, 5)});")
+    for i in range(1, 61):
+        lines.append(
+            f"INSERT INTO employees VALUES ({i}, 'emp{i}', {rng.randint(1, 8)}, "
+            f"{rng.randrange(30, 150) * 1000}, {rng.randint(20, 64)});"
+        )
+    for i in range(1, 25):
+        lines.append(
+            f"INSERT INTO projects VALUES ({i}, 'proj{i}', {rng.randint(1, 8)}, "
+            f"{rng.randrange(10, 500) * 1000});"
+        )
+    return "\n".join(lines)
+
+
+_SQL = [
+    (
+        "How many employees work in the {d} department?",
+        "SELECT COUNT(*) FROM employees e JOIN departments d ON e.dept_id = d.id "
+        "WHERE d.name = '{d}'",
+    ),
+    (
+        "What is the average salary in the {d} department?",
+        "SELECT AVG(e.salary) FROM employees e JOIN departments d ON e.dept_id = d.id "
+        "WHERE d.name = '{d}'",
+    ),
+    (
+        "List the names of employees in {d} older than {a}, alphabetically.",
+        "SELECT e.name FROM employees e JOIN departments d ON e.dept_id = d.id "
+        "WHERE d.name = '{d}' AND e.age > {a} ORDER BY e.name",
+    ),
+    (
+        "What is the total project budget of the {d} department?",
+        "SELECT SUM(p.budget) FROM projects p JOIN departments d ON p.dept_id = d.id "
+        "WHERE d.name = '{d}'",
+    ),
+    ("How many employees earn more than {s}?", "SELECT COUNT(*) FROM employees WHERE salary > {s}"),
+    (
+        "Which departments have more than {c} employees? Give their names alphabetically.",
+        "SELECT d.name FROM departments d JOIN employees e ON e.dept_id = d.id GROUP BY d.id "
+        "HAVING COUNT(*) > {c} ORDER BY d.name",
+    ),
+    (
+        "What is the highest salary on floor {f}?",
+        "SELECT MAX(e.salary) FROM employees e JOIN departments d ON e.dept_id = d.id "
+        "WHERE d.floor = {f}",
+    ),
+]
+
+
+def _sql_problems(rng: random.Random, split: str, n: int) -> list[Problem]:
+    test = split == "test"
+    depts = DEPARTMENTS[6:] if test else DEPARTMENTS[:6]
+    out = []
+    for _ in range(n):
+        question, query = rng.choice(_SQL)
+        values = {
+            "d": rng.choice(depts),
+            "a": rng.choice([50, 55] if test else [30, 35, 40, 45]),
+            "s": rng.choice([120000, 130000] if test else [60000, 80000, 100000]),
+            "c": rng.choice([9, 10] if test else [5, 6, 7]),
+            "f": rng.choice([4, 5] if test else [1, 2, 3]),
+        }
+        out.append(Problem("sql", question.format(**values), query.format(**values)))
+    return out
+
+
+# --- shell -----------------------------------------------------------------------------------
+
+
+def shell_fixture() -> dict[str, str]:
+    """The fixture tree shell commands run on (path → text)."""
+    files = {}
+    for project in ("alpha", "beta", "gamma"):
+        for i in range(3):
+            body = "\n".join(
+                f"{'TODO ' if (i + j) % 3 == 0 else ''}line {j} of {project}{i}"
+                for j in range(4 + i)
+            )
+            files[f"{project}/src/mod{i}.py"] = body + "\n"
+        files[f"{project}/README.md"] = f"# {project}\nnotes for {project}\n"
+        files[f"{project}/data.csv"] = "\n".join(f"{project},{v}" for v in range(5)) + "\n"
+    files["logs/app.log"] = (
+        "\n".join(f"{lvl} event {i}" for i, lvl in enumerate(["INFO", "WARN", "ERROR", "INFO"] * 3))
+        + "\n"
+    )
+    return files
+
+
+_SHELL = [
+    ("List the files in the {p}/src directory.", "ls {p}/src"),
+    ("Count the lines of {p}/src/mod{i}.py.", "wc -l < {p}/src/mod{i}.py"),
+    ("Show the lines containing TODO in {p}/src/mod{i}.py.", "grep TODO {p}/src/mod{i}.py"),
+    ("Count the lines containing {w} in logs/app.log.", "grep -c {w} logs/app.log"),
+    ("Print the first {n} lines of {p}/data.csv.", "head -n {n} {p}/data.csv"),
+    ("Find all README.md files, sorted.", "find . -name README.md | sort"),
+    ("List the python files under {p}, sorted.", "find {p} -name '*.py' | sort"),
+    (
+        "Show the last {n} lines of logs/app.log in reverse alphabetical order.",
+        "tail -n {n} logs/app.log | sort -r",
+    ),
+]
+
+
+def _shell_problems(rng: random.Random, split: str, n: int) -> list[Problem]:
+    test = split == "test"
+    out = []
+    for _ in range(n):
+        request, command = rng.choice(_SHELL)
+        values = {
+            "p": "gamma" if test else rng.choice(["alpha", "beta"]),
+            "i": rng.choice([2] if test else [0, 1]),
+            "w": rng.choice(["ERROR"] if test else ["INFO", "WARN"]),
+            "n": rng.choice([4, 5] if test else [1, 2, 3]),
+        }
+        out.append(Problem("shell", request.format(**values), command.format(**values)))
+    return out
+
+
+_GENERATORS = {"code": _code_problems, "sql": _sql_problems, "shell": _shell_problems}
+
+
+def generate(skill: str, split: str, n: int, *, seed: int = 0) -> list[Problem]:
+    """``n`` problems of ``skill`` on ``split``, deterministic from ``seed``.
+
+    Raises:
+        CycleQDError: an unknown skill or split.
+    """
+    if skill not in _GENERATORS:
+        raise CycleQDError(f"unknown skill {skill!r}; use one of {', '.join(SKILLS)}")
+    if split not in SPLITS:
+        raise CycleQDError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+    rng = random.Random(f"{skill}:{split}:{seed}")
+    return _GENERATORS[skill](rng, split, n)
+
+
+def _run(
+    sandbox: Sandbox, skill: str, programs: Sequence[str], problems: Sequence[Problem]
+) -> list[Any]:
+    if skill == "code":
+        results = sandbox.run(
+            "python",
+            [{"code": p, "cases": list(q.cases)} for p, q in zip(programs, problems, strict=True)],
+        )
+        return [r.json() for r in results]
+    if skill == "sql":
+        results = sandbox.run("sql", [{"code": p} for p in programs], sqlite=sql_database())
+        return [r.json() for r in results]
+    results = sandbox.run("shell", [{"code": p} for p in programs], files=shell_fixture())
+    return [r.stdout if r.ok else None for r in results]
+
+
+def score(sandbox: Sandbox, problems: Sequence[Problem], answers: Sequence[str]) -> list[bool]:
+    """Whether each answer, executed in ``sandbox``, behaves like its problem's gold program.
+
+    ``code``: every case gives the gold value; ``sql``: the same rows (order-insensitive unless
+    the gold query orders them); ``shell``: the same output. An answer that fails, times out or
+    errors on any case is wrong.
+    """
+    verdicts = [False] * len(problems)
+    for skill in SKILLS:
+        idx = [i for i, p in enumerate(problems) if p.skill == skill]
+        if not idx:
+            continue
+        subset = [problems[i] for i in idx]
+        gold = _run(sandbox, skill, [p.gold for p in subset], subset)
+        got = _run(sandbox, skill, [answers[i] for i in idx], subset)
+        for i, problem, want, have in zip(idx, subset, gold, got, strict=True):
+            if have is None or want is None:
+                continue
+            if skill == "code":
+                verdicts[i] = all(h.get("ok") for h in have) and have == want
+            elif skill == "sql":
+                ordered = "ORDER BY" in problem.gold.upper()
+                rows = (lambda r: r) if ordered else sorted
+                verdicts[i] = rows(have["rows"]) == rows(want["rows"])
+            else:
+                verdicts[i] = have == want
+    return verdicts
