@@ -18,6 +18,7 @@ from conftest import REPO
     [
         ("materialize.py", ["bandwidth_fraction", "vs_mergekit_mem", "vs_mergekit_disk"]),
         ("gpu.py", ["hbm_fraction", "vs_torch_ref", "vs_mergekit", "svd_mutation_s"]),
+        ("decode.py", ["decode_speedup"]),
     ],
 )
 def test_benchmark_runs_small(script, keys):

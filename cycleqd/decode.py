@@ -1,0 +1,107 @@
+"""Fast scoring's half that is not the sandbox: a tokenizer and batched greedy decoding.
+
+* :func:`train_tokenizer` — a small byte-level BPE tokenizer trained on the run's own text
+  (``tokenizers``), wrapped as a ``PreTrainedTokenizerFast`` so that it saves beside the model
+  and loads with ``AutoTokenizer``.
+* :func:`greedy_decode` — greedy decoding of every prompt of a split at once: left padding, one
+  forward pass over all prompts, then one token per step for the whole batch through the KV
+  cache; a sequence stops at the stop string or the end-of-sequence token, the batch when all
+  have stopped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+
+__all__ = ["greedy_decode", "train_tokenizer"]
+
+SPECIAL = {"pad_token": "<pad>", "eos_token": "<eos>", "bos_token": "<bos>"}
+
+
+def train_tokenizer(texts: Iterable[str], *, vocab_size: int = 512) -> Any:
+    """A byte-level BPE tokenizer of ``vocab_size`` tokens trained on ``texts``.
+
+    Returns:
+        A ``transformers.PreTrainedTokenizerFast`` with ``<pad>``, ``<eos>`` and ``<bos>``.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIAL.values()),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, padding_side="left", **SPECIAL)
+
+
+@torch.no_grad()
+def greedy_decode(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int = 64,
+    stop: str | None = "\n",
+    batch_size: int = 256,
+) -> list[str]:
+    """Greedy completions of ``prompts``, batched, through the KV cache.
+
+    Args:
+        model: a causal LM (``transformers``), in eval mode.
+        tokenizer: its tokenizer (left padding is used whatever its setting).
+        prompts: the prompts.
+        max_new_tokens: longest completion.
+        stop: a completion ends before this string (``None``: only at end-of-sequence).
+        batch_size: prompts decoded together.
+
+    Returns:
+        One completion per prompt, without the prompt and the stop string.
+    """
+    from transformers import DynamicCache
+
+    device = next(model.parameters()).device
+    eos = tokenizer.eos_token_id
+    out: list[str] = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = list(prompts[start : start + batch_size])
+        encoded = tokenizer(chunk, return_tensors="pt", padding=True, padding_side="left")
+        ids = encoded["input_ids"].to(device)
+        mask = encoded["attention_mask"].to(device)
+        positions = (mask.cumsum(-1) - 1).clamp_min(0)
+        cache = DynamicCache()
+        generated = torch.empty(len(chunk), 0, dtype=torch.long, device=device)
+        done = torch.zeros(len(chunk), dtype=torch.bool, device=device)
+        texts = [""] * len(chunk)
+        step_ids = ids
+        for _ in range(max_new_tokens):
+            logits = model(
+                input_ids=step_ids,
+                attention_mask=mask,
+                position_ids=positions,
+                past_key_values=cache,
+                use_cache=True,
+            ).logits[:, -1]
+            token = logits.argmax(dim=-1)
+            if eos is not None:
+                token = torch.where(done, torch.full_like(token, eos), token)
+                done |= token == eos
+            generated = torch.cat([generated, token[:, None]], dim=1)
+            if stop is not None:
+                texts = tokenizer.batch_decode(generated, skip_special_tokens=True)
+                done |= torch.tensor([stop in t for t in texts], device=device)
+            if bool(done.all()):
+                break
+            step_ids = token[:, None]
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            positions = positions[:, -1:] + 1
+        texts = tokenizer.batch_decode(generated, skip_special_tokens=True)
+        out.extend(t.split(stop)[0] if stop else t for t in texts)
+    return out
