@@ -130,7 +130,11 @@ class PathsSource:
             raise CycleQDError(f"{self.base}: transformers has no architecture {architecture!r}")
         # built on the CPU, not the meta device: non-persistent buffers (rotary frequencies) are
         # computed at construction and are not in the checkpoint
-        return cls._from_config(config)
+        model = cls._from_config(config)
+        if any((self.base / name).is_file() for name in ("tokenizer.json", "tokenizer.model")):
+            # language-model scorers find the tokenizer here
+            model.tokenizer = transformers.AutoTokenizer.from_pretrained(self.base)
+        return model
 
     def export(self, state_dict: Mapping[str, torch.Tensor], out_dir: Path) -> Path:
         """A Hugging Face directory (with the base's tokenizer files), or ``model.safetensors``."""
@@ -155,10 +159,40 @@ def build_source(models: Any) -> ModelSource:
     return SOURCES.build(models.source, **models.params)
 
 
+class TinyLMSource(PathsSource):
+    """The embedded language models: a tiny Llama base and one expert per agent skill.
+
+    Trained on first use (:mod:`cycleqd.tinylm`) and cached.
+
+    Args:
+        **recipe: fields of :class:`cycleqd.tinylm.TinyLMRecipe`.
+    """
+
+    def __init__(self, **recipe: Any) -> None:
+        from cycleqd.tinylm import TinyLMRecipe
+
+        try:
+            self.recipe = TinyLMRecipe(**recipe)
+        except TypeError as exc:
+            raise CycleQDError(
+                f"tinylm source: {exc}; accepted: {', '.join(TinyLMRecipe.__dataclass_fields__)}"
+            ) from None
+        self.model = None
+
+    def prepare(self, cache_dir: Path) -> tuple[Path, dict[str, Path]]:
+        """Build (or reuse) the base and experts; their Hugging Face directories."""
+        from cycleqd.tinylm import build
+
+        self.base, self.experts = build(cache_dir, self.recipe)
+        return self.base, dict(self.experts)
+
+
 def _builtin(name: str) -> Any:
+    if name == "tinylm":
+        return TinyLMSource
     from cycleqd import digits
 
-    return {"digits": digits.DigitsSource}[name]
+    return digits.DigitsSource
 
 
-SOURCES.add_provider(lambda: ["digits"], _builtin)
+SOURCES.add_provider(lambda: ["digits", "tinylm"], _builtin)

@@ -25,7 +25,7 @@ from typing import Any
 from cycleqd.errors import CycleQDError
 from cycleqd.sandbox import Sandbox
 
-__all__ = ["SKILLS", "Problem", "generate", "score"]
+__all__ = ["SKILLS", "Problem", "SkillAccuracy", "generate", "score", "shared_sandbox"]
 
 SKILLS = ("code", "sql", "shell")
 SPLITS = ("train", "val", "test")
@@ -286,3 +286,60 @@ def score(sandbox: Sandbox, problems: Sequence[Problem], answers: Sequence[str])
             else:
                 verdicts[i] = have == want
     return verdicts
+
+
+_SANDBOX: Sandbox | None = None
+
+
+def shared_sandbox() -> Sandbox:
+    """The process's sandbox pool, started on first use (scorers share it)."""
+    global _SANDBOX
+    if _SANDBOX is None:
+        _SANDBOX = Sandbox(workers=2)
+    return _SANDBOX
+
+
+class SkillAccuracy:
+    """Scorer: the share of a skill's problems a language model solves, by execution.
+
+    Prompts of the split are decoded greedily all at once (:func:`cycleqd.decode.greedy_decode`)
+    and every answer runs in the sandbox against its gold program. The tokenizer is the one the
+    model source attaches as ``model.tokenizer``.
+
+    Args:
+        skill: ``code``, ``sql`` or ``shell``.
+        problems: problems per split.
+        seed: generates the problems.
+        max_new_tokens: longest answer.
+    """
+
+    def __init__(
+        self, *, skill: str, problems: int = 100, seed: int = 0, max_new_tokens: int = 48
+    ) -> None:
+        self.skill, self.seed, self.max_new_tokens = skill, seed, max_new_tokens
+        self.problems = {
+            split: generate(skill, split, problems, seed=seed) for split in ("val", "test")
+        }
+
+    def __call__(self, model: Any, split: str) -> float:
+        """Accuracy on ``split``."""
+        from cycleqd.decode import greedy_decode
+        from cycleqd.tinylm import prompt_of
+
+        tokenizer = getattr(model, "tokenizer", None)
+        if tokenizer is None:
+            raise CycleQDError(
+                "SkillAccuracy needs the model's tokenizer: the model source "
+                "attaches it as model.tokenizer (base directory with tokenizer "
+                "files)"
+            )
+        problems = self.problems[split]
+        answers = greedy_decode(
+            model,
+            tokenizer,
+            [prompt_of(p.prompt) for p in problems],
+            max_new_tokens=self.max_new_tokens,
+            stop="\n",
+        )
+        verdicts = score(shared_sandbox(), problems, [a.strip() for a in answers])
+        return sum(verdicts) / len(verdicts)

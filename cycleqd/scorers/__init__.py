@@ -15,7 +15,7 @@ Third-party packages register scorers through the ``cycleqd.scorers`` entry-poin
 names one by dotted path (``my_package.scoring:MyScorer``).
 
 Public names:
-    SCORERS: the registry (built-ins: ``digits_accuracy``).
+    SCORERS: the registry (built-ins: ``digits_accuracy``, ``skill_accuracy``).
     Scorer: the protocol.
 """
 
@@ -42,9 +42,13 @@ SCORERS: Registry = Registry(kind="scorer", entry_point_group="cycleqd.scorers")
 
 
 def _builtin(name: str):
-    from cycleqd import digits
+    if name == "digits_accuracy":
+        from cycleqd.digits import DigitsAccuracy
 
-    return {"digits_accuracy": digits.DigitsAccuracy}[name]
+        return DigitsAccuracy
+    from cycleqd.skills import SkillAccuracy
+
+    return SkillAccuracy
 
 
-SCORERS.add_provider(lambda: ["digits_accuracy"], _builtin)
+SCORERS.add_provider(lambda: ["digits_accuracy", "skill_accuracy"], _builtin)

@@ -1,0 +1,201 @@
+"""The embedded default's language models: a tiny Llama, its base and its three skill experts.
+
+Read top to bottom: the recipe, the data, the training loop, the builder. Plain torch, no
+trainer framework, deterministic from a seed, cached by the recipe's hash.
+
+* Generic text: the Python documentation topics that ship with CPython (``pydoc_data``), so
+  nothing is downloaded; some topics are held out for the language-retention metric.
+* The base is pretrained on a mixture of generic text and a share of every skill's examples (a
+  base that knows none of the skills gives experts whose merges collapse).
+* Each expert is fine-tuned from the base on its skill, the loss on the answer only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cycleqd.skills import SKILLS, generate
+
+__all__ = ["TinyLMRecipe", "build", "format_example", "generic_text", "prompt_of"]
+
+
+@dataclass(frozen=True)
+class TinyLMRecipe:
+    """Model size and training schedule of the embedded experts."""
+
+    vocab_size: int = 768
+    hidden: int = 192
+    layers: int = 4
+    heads: int = 6
+    max_len: int = 160
+    base_steps: int = 1200
+    base_lr: float = 2e-3
+    base_skill_share: float = 0.5
+    expert_steps: int = 500
+    expert_lr: float = 1e-3
+    batch_size: int = 32
+    train_problems: int = 4000
+    seed: int = 0
+
+    def key(self) -> str:
+        """Hash of the recipe (the cache key)."""
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def prompt_of(prompt: str) -> str:
+    """The text a model is given for a request."""
+    return f"Q: {prompt}\nA:"
+
+
+def format_example(prompt: str, answer: str) -> tuple[str, str]:
+    """``(prompt text, answer text)`` of a training example; the answer ends with a newline."""
+    return prompt_of(prompt), f" {answer}\n"
+
+
+def generic_text(split: str) -> list[str]:
+    """Paragraphs of the Python documentation topics; ``test`` topics are held out."""
+    import pydoc_data.topics as topics
+
+    names = sorted(topics.topics)
+    held_out = set(names[::8])
+    chosen = [n for n in names if (n in held_out) == (split == "test")]
+    paragraphs = []
+    for name in chosen:
+        for para in topics.topics[name].split("\n\n"):
+            para = " ".join(para.split())
+            if len(para) > 40:
+                paragraphs.append(para[:400])
+    return paragraphs
+
+
+def _encode(tokenizer: Any, prompt: str, answer: str, max_len: int) -> tuple[list[int], int]:
+    p = tokenizer(prompt)["input_ids"]
+    a = tokenizer(answer)["input_ids"] + [tokenizer.eos_token_id]
+    ids = (p + a)[:max_len]
+    return ids, min(len(p), len(ids))
+
+
+def _batches(
+    examples: list[tuple[list[int], int]], recipe: TinyLMRecipe, pad: int, rng: random.Random
+):
+    while True:
+        batch = rng.sample(examples, min(recipe.batch_size, len(examples)))
+        width = max(len(ids) for ids, _ in batch)
+        ids = torch.full((len(batch), width), pad)
+        labels = torch.full((len(batch), width), -100)
+        for row, (tokens, answer_from) in enumerate(batch):
+            ids[row, : len(tokens)] = torch.tensor(tokens)
+            labels[row, answer_from : len(tokens)] = torch.tensor(tokens[answer_from:])
+        yield ids, labels
+
+
+def _train(
+    model: Any,
+    examples: list[tuple[list[int], int]],
+    steps: int,
+    lr: float,
+    recipe: TinyLMRecipe,
+    pad: int,
+    seed: int,
+    label: str,
+) -> None:
+    from rich.progress import Progress
+
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    model.train()
+    batches = _batches(examples, recipe, pad, rng)
+    with Progress(transient=True) as progress:
+        task = progress.add_task(f"training {label}", total=steps)
+        for _ in range(steps):
+            ids, labels = next(batches)
+            loss = model(input_ids=ids, attention_mask=(ids != pad).long(), labels=labels).loss
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            schedule.step()
+            progress.update(task, advance=1, description=f"training {label} loss {loss:.3f}")
+    model.eval()
+
+
+def _skill_examples(skill: str, recipe: TinyLMRecipe) -> list[tuple[str, str]]:
+    return [
+        format_example(p.prompt, p.gold)
+        for p in generate(skill, "train", recipe.train_problems, seed=recipe.seed)
+    ]
+
+
+def build(cache_dir: Path, recipe: TinyLMRecipe | None = None) -> tuple[Path, dict[str, Path]]:
+    """Train (or reuse from the cache) the base and one expert per skill.
+
+    Returns:
+        The base's Hugging Face directory and each skill's expert directory (each with the
+        tokenizer).
+    """
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from cycleqd.decode import train_tokenizer
+
+    recipe = recipe or TinyLMRecipe()
+    root = Path(cache_dir).expanduser() / f"tinylm-{recipe.key()}"
+    paths = {s: root / f"expert-{s}" for s in SKILLS}
+    if (root / "done").is_file():
+        return root / "base", paths
+    root.mkdir(parents=True, exist_ok=True)
+    skill_text = {s: _skill_examples(s, recipe) for s in SKILLS}
+    generic = generic_text("train")
+    corpus = generic + [p + a for pairs in skill_text.values() for p, a in pairs[:1000]]
+    tokenizer = train_tokenizer(corpus, vocab_size=recipe.vocab_size)
+    pad = tokenizer.pad_token_id
+    torch.manual_seed(recipe.seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=recipe.hidden,
+        intermediate_size=4 * recipe.hidden,
+        num_hidden_layers=recipe.layers,
+        num_attention_heads=recipe.heads,
+        num_key_value_heads=recipe.heads,
+        max_position_embeddings=recipe.max_len,
+        tie_word_embeddings=False,
+        pad_token_id=pad,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        architectures=["LlamaForCausalLM"],
+    )
+    model = LlamaForCausalLM(config)
+    # base: generic text (loss on everything) mixed with a share of every skill
+    n_skill = int(recipe.base_skill_share * len(generic) / (1 - recipe.base_skill_share))
+    mixture = [(_encode(tokenizer, "", text, recipe.max_len)[0], 0) for text in generic]
+    for s in SKILLS:
+        for p, a in skill_text[s][: n_skill // len(SKILLS)]:
+            mixture.append(_encode(tokenizer, p, a, recipe.max_len))
+    _train(model, mixture, recipe.base_steps, recipe.base_lr, recipe, pad, recipe.seed, "base")
+    model.save_pretrained(root / "base")
+    tokenizer.save_pretrained(root / "base")
+    for i, s in enumerate(SKILLS):
+        expert = LlamaForCausalLM.from_pretrained(root / "base")
+        examples = [_encode(tokenizer, p, a, recipe.max_len) for p, a in skill_text[s]]
+        _train(
+            expert,
+            examples,
+            recipe.expert_steps,
+            recipe.expert_lr,
+            recipe,
+            pad,
+            recipe.seed + 1 + i,
+            f"expert {s}",
+        )
+        expert.save_pretrained(paths[s])
+        tokenizer.save_pretrained(paths[s])
+    (root / "done").write_text(json.dumps(asdict(recipe)))
+    return root / "base", paths

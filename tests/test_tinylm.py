@@ -1,0 +1,82 @@
+"""The embedded language models: built, cached, loadable, and scored by execution end to end."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from cycleqd import Evolver, load_config
+from cycleqd.models import PathsSource, TinyLMSource
+from cycleqd.skills import SkillAccuracy
+from cycleqd.store import RunStore
+
+MICRO = {
+    "vocab_size": 300,
+    "hidden": 32,
+    "layers": 1,
+    "heads": 2,
+    "max_len": 96,
+    "base_steps": 4,
+    "expert_steps": 2,
+    "batch_size": 4,
+    "train_problems": 40,
+}
+
+
+@pytest.fixture(scope="module")
+def micro(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("tinylm")
+    source = TinyLMSource(**MICRO)
+    return cache, source, source.prepare(cache)
+
+
+def test_build_writes_loadable_models_with_their_tokenizer_and_caches(micro, monkeypatch):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cache, _, (base, experts) = micro
+    assert sorted(experts) == ["code", "shell", "sql"]
+    for path in [base, *experts.values()]:
+        AutoModelForCausalLM.from_pretrained(path)
+        assert AutoTokenizer.from_pretrained(path).eos_token == "<eos>"
+    import cycleqd.tinylm as tinylm
+
+    monkeypatch.setattr(tinylm, "_train", lambda *a, **k: pytest.fail("retrained"))
+    assert TinyLMSource(**MICRO).prepare(cache) == (base, experts)
+
+
+def test_skill_accuracy_scores_a_model_by_execution(micro):
+    _, _, (base, experts) = micro
+    model = PathsSource(base=base, experts=experts).make_model()
+    assert model.tokenizer is not None
+    for skill in ("code", "sql", "shell"):
+        value = SkillAccuracy(skill=skill, problems=4)(model, "val")
+        assert 0.0 <= value <= 1.0
+
+
+def test_unknown_recipe_field_is_explained():
+    with pytest.raises(Exception, match="tinylm source: .*hidden_size.*accepted: vocab_size"):
+        TinyLMSource(hidden_size=3)
+
+
+def test_a_short_evolution_on_the_tiny_language_models(micro, tmp_path):
+    cache, _, _ = micro
+    config = {
+        "name": "tiny",
+        "cache_dir": str(cache),
+        "models": {"source": "tinylm", "params": MICRO},
+        "tasks": [
+            {
+                "name": s,
+                "scorer": "skill_accuracy",
+                "params": {"skill": s, "problems": 3, "max_new_tokens": 8},
+            }
+            for s in ("code", "sql", "shell")
+        ],
+        "evolution": {"generations": 2, "batch_size": 2},
+        "final": {"lambdas": [0.5, 1.0]},
+    }
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config))
+    cfg = load_config(tmp_path / "tiny.yaml")
+    summary = Evolver(cfg, RunStore.create(tmp_path / "run", cfg)).run()
+    assert set(summary["methods"]) >= {"base", "expert_code", "cycleqd_final"}
+    assert all(0 <= v <= 1 for row in summary["methods"].values() for v in row.values())
