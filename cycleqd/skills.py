@@ -50,45 +50,44 @@ class Problem:
 
 # --- code ------------------------------------------------------------------------------------
 
-_SELECTIONS = [  # (phrase, expression over the name `v` of an element, uses k)
-    ("the elements", "", False),
-    ("the even elements", "v % 2 == 0", False),
-    ("the odd elements", "v % 2 == 1", False),
-    ("the elements greater than k", "v > k", True),
-    ("the elements less than k", "v < k", True),
-    ("the elements divisible by k", "v % k == 0", True),
+_SELECTIONS = [  # (phrase, condition on an element `v`)
+    ("the elements", ""),
+    ("the even elements", "v % 2 == 0"),
+    ("the odd elements", "v % 2 == 1"),
+    ("the elements greater than {k}", "v > {k}"),
+    ("the elements less than {k}", "v < {k}"),
+    ("the elements divisible by {k}", "v % {k} == 0"),
 ]
-_REDUCTIONS = [  # (phrase, template over the selected list `S`, uses k)
-    ("the sum of {sel}", "sum({S})", False),
-    ("the largest of {sel}", "max({S}, default=0)", False),
-    ("the smallest of {sel}", "min({S}, default=0)", False),
-    ("the number of {sel}", "len({S})", False),
-    ("{sel} sorted in increasing order", "sorted({S})", False),
-    ("{sel} sorted in decreasing order", "sorted({S}, reverse=True)", False),
-    ("{sel} each multiplied by k", "[v * k for v in {S}]", True),
-    ("the first k of {sel}", "{S}[:k]", True),
-    ("{sel} each squared", "[v * v for v in {S}]", False),
+_REDUCTIONS = [  # (phrase, template over the selected list `S`)
+    ("the sum of {sel}", "sum({S})"),
+    ("the largest of {sel}", "max({S}, default=0)"),
+    ("the smallest of {sel}", "min({S}, default=0)"),
+    ("the number of {sel}", "len({S})"),
+    ("{sel} sorted in increasing order", "sorted({S})"),
+    ("{sel} sorted in decreasing order", "sorted({S}, reverse=True)"),
+    ("{sel} each multiplied by {k}", "[v * {k} for v in {S}]"),
+    ("the first {k} of {sel}", "{S}[:{k}]"),
+    ("{sel} each squared", "[v * v for v in {S}]"),
 ]
 
 
 def _code_problems(rng: random.Random, split: str, n: int) -> list[Problem]:
-    combos = [(s, r) for s in range(len(_SELECTIONS)) for r in range(len(_REDUCTIONS))]
-    held_out = set(random.Random(99).sample(combos, len(combos) // 5))
-    pool = [c for c in combos if (c in held_out) == (split == "test")]
+    # test values of k are never used by train or val: the model must copy, not recall
     ks = range(6, 10) if split == "test" else range(2, 6)
     out = []
-    for _ in range(n):
-        s, r = rng.choice(pool)
-        sel_phrase, condition, _ = _SELECTIONS[s]
-        red_phrase, template, _ = _REDUCTIONS[r]
-        selected = f"[v for v in xs if {condition}]" if condition else "xs"
+    while len(out) < n:
+        sel_phrase, condition = rng.choice(_SELECTIONS)
+        red_phrase, template = rng.choice(_REDUCTIONS)
+        if "{k}" not in sel_phrase + red_phrase:
+            continue  # a request without k would read the same in every split
         k = rng.choice(ks)
-        gold = template.format(S=selected)
+        selected = f"[v for v in xs if {condition.format(k=k)}]" if condition else "xs"
+        gold = template.format(S=selected, k=k)
+        phrase = red_phrase.format(sel=sel_phrase.format(k=k), k=k)
         cases = tuple(
-            {"xs": [rng.randint(0, 20) for _ in range(rng.randint(3, 8))], "k": k} for _ in range(4)
+            {"xs": [rng.randint(0, 20) for _ in range(rng.randint(3, 8))]} for _ in range(4)
         )
-        prompt = f"Given a list xs and k = {k}, return {red_phrase.format(sel=sel_phrase)}."
-        out.append(Problem("code", prompt, gold, cases))
+        out.append(Problem("code", f"Given a list xs, return {phrase}.", gold, cases))
     return out
 
 
@@ -157,14 +156,24 @@ _SQL = [
 ]
 
 
+def _pick(rng: random.Random, template: int, options: Sequence[Any], test: bool) -> Any:
+    """An option whose combination with ``template`` belongs to the split.
+
+    One option per template is held out for test problems; the others are for train and val.
+    """
+    held_out = template % len(options)
+    allowed = [o for i, o in enumerate(options) if (i == held_out) == test]
+    return rng.choice(allowed)
+
+
 def _sql_problems(rng: random.Random, split: str, n: int) -> list[Problem]:
     test = split == "test"
-    depts = DEPARTMENTS[6:] if test else DEPARTMENTS[:6]
     out = []
     for _ in range(n):
-        question, query = rng.choice(_SQL)
+        t = rng.randrange(len(_SQL))
+        question, query = _SQL[t]
         values = {
-            "d": rng.choice(depts),
+            "d": _pick(rng, t, DEPARTMENTS, test),
             "a": rng.choice([50, 55] if test else [30, 35, 40, 45]),
             "s": rng.choice([120000, 130000] if test else [60000, 80000, 100000]),
             "c": rng.choice([9, 10] if test else [5, 6, 7]),
@@ -202,7 +211,7 @@ _SHELL = [
     ("Show the lines containing TODO in {p}/src/mod{i}.py.", "grep TODO {p}/src/mod{i}.py"),
     ("Count the lines containing {w} in logs/app.log.", "grep -c {w} logs/app.log"),
     ("Print the first {n} lines of {p}/data.csv.", "head -n {n} {p}/data.csv"),
-    ("Find all README.md files, sorted.", "find . -name README.md | sort"),
+    ("Find the README.md of {p}.", "find {p} -name README.md"),
     ("List the python files under {p}, sorted.", "find {p} -name '*.py' | sort"),
     (
         "Show the last {n} lines of logs/app.log in reverse alphabetical order.",
@@ -215,11 +224,12 @@ def _shell_problems(rng: random.Random, split: str, n: int) -> list[Problem]:
     test = split == "test"
     out = []
     for _ in range(n):
-        request, command = rng.choice(_SHELL)
+        t = rng.randrange(len(_SHELL))
+        request, command = _SHELL[t]
         values = {
-            "p": "gamma" if test else rng.choice(["alpha", "beta"]),
+            "p": _pick(rng, t, ["alpha", "beta", "gamma"], test),
             "i": rng.choice([2] if test else [0, 1]),
-            "w": rng.choice(["ERROR"] if test else ["INFO", "WARN"]),
+            "w": _pick(rng, t + 1, ["INFO", "WARN", "ERROR"], test),
             "n": rng.choice([4, 5] if test else [1, 2, 3]),
         }
         out.append(Problem("shell", request.format(**values), command.format(**values)))

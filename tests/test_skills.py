@@ -32,21 +32,33 @@ def test_gold_answers_score_one_and_wrong_ones_zero(sandbox, skill):
 def test_splits_are_deterministic_and_test_values_are_unseen():
     assert generate("sql", "train", 30, seed=1) == generate("sql", "train", 30, seed=1)
     assert generate("sql", "train", 30, seed=1) != generate("sql", "train", 30, seed=2)
-    train = " ".join(p.prompt for p in generate("sql", "train", 300))
-    test = generate("sql", "test", 50)
-    assert any(d in train for d in ("sales", "research"))
-    assert not any(d in train for d in ("ops", "hr"))
-    assert all(
-        ("ops" in p.prompt or "hr" in p.prompt)
-        for p in test
-        if "department" in p.prompt and "departments" not in p.prompt
-    )
-    code_train = {p.prompt for p in generate("code", "train", 300)}
-    code_test = generate("code", "test", 100)
-    assert not {p.prompt for p in code_test} & code_train
-    assert all(int(p.prompt.split("k = ")[1].split(",")[0]) >= 6 for p in code_test)
-    shell_test = generate("shell", "test", 40)
-    assert all("alpha" not in p.gold and "beta" not in p.gold for p in shell_test)
+    for skill in SKILLS:
+        train = generate(skill, "train", 400) + generate(skill, "val", 200)
+        test = generate(skill, "test", 100)
+        seen = {p.prompt for p in train}
+        assert not {p.prompt for p in test} & seen, skill  # no test request was trained on
+
+    def numbers(split, n):
+        return {
+            int(w.strip("."))
+            for p in generate("code", split, n)
+            for w in p.prompt.split()
+            if w.strip(".").isdigit()
+        }
+
+    assert numbers("test", 100) == {6, 7, 8, 9}  # values of k a model must copy, never seen
+    assert numbers("train", 400) | numbers("val", 200) == {2, 3, 4, 5}
+    sql_train = {
+        (p.gold.split("WHERE")[0], p.prompt.split(" department")[0].split()[-1])
+        for p in generate("sql", "train", 500)
+        if "department?" in p.prompt
+    }
+    sql_test = {
+        (p.gold.split("WHERE")[0], p.prompt.split(" department")[0].split()[-1])
+        for p in generate("sql", "test", 200)
+        if "department?" in p.prompt
+    }
+    assert sql_test and not sql_test & sql_train  # held-out (template, department) pairs
 
 
 def test_unknown_skill_or_split():
