@@ -19,6 +19,7 @@ from conftest import REPO
         ("materialize.py", ["bandwidth_fraction", "vs_mergekit_mem", "vs_mergekit_disk"]),
         ("gpu.py", ["hbm_fraction", "vs_torch_ref", "vs_mergekit", "svd_mutation_s"]),
         ("decode.py", ["decode_speedup"]),
+        ("sandbox.py", ["python_s_per_100", "shell_s_per_100"]),
     ],
 )
 def test_benchmark_runs_small(script, keys):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 import yaml
@@ -34,12 +33,10 @@ def edit(path, fn):
     return path
 
 
-def test_help_is_fast():
-    start = time.perf_counter()
+def test_help_imports_no_heavy_library():
     out = subprocess.run(
         [sys.executable, "-m", "cycleqd", "--help"], capture_output=True, text=True, check=True
     )
-    assert time.perf_counter() - start < 5  # includes interpreter start-up; see bench for more
     assert "evolve" in out.stdout and "export" in out.stdout
     code = (
         "import sys, cycleqd.cli; print(sorted(m for m in ('torch', 'ribs', 'transformers',"
