@@ -189,7 +189,7 @@ def show(
         console.print(_summary_table(loaded.summary))
     else:
         console.print(
-            f"no final results yet (generation {loaded._state['generation']} of "
+            f"no final results yet (generation {loaded.generation} of "
             f"{loaded.config.evolution.generations})"
         )
 

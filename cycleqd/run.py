@@ -31,6 +31,7 @@ class Run:
         config: the run's resolved config.
         tasks: task names.
         archives: the K archives as of the last checkpoint.
+        generation: generations completed at the last checkpoint.
         summary: the test-split table (``None`` until the run finishes).
     """
 
@@ -41,7 +42,7 @@ class Run:
         state = store.checkpoint()
         if state is None:
             raise ConfigError(f"{store.root} has no checkpoint yet: the run has not seeded")
-        self._state = state
+        self.generation: int = state["generation"]
         self.archives = Archives.from_state(state["archives"])
         self.table: list[str] = state["table"]
         self.summary: dict[str, Any] | None = store.read_json("summary.json")
