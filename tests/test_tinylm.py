@@ -80,3 +80,26 @@ def test_a_short_evolution_on_the_tiny_language_models(micro, tmp_path):
     summary = Evolver(cfg, RunStore.create(tmp_path / "run", cfg)).run()
     assert set(summary["methods"]) >= {"base", "expert_code", "cycleqd_final"}
     assert all(0 <= v <= 1 for row in summary["methods"].values() for v in row.values())
+
+
+def test_language_retention_is_lm_evals_bits_per_byte(micro):
+    import math
+
+    import torch
+
+    from cycleqd.language import LanguageRetention
+
+    _, _, (base, experts) = micro
+    model = PathsSource(base=base, experts=experts).make_model()
+    scorer = LanguageRetention(documents=3, max_length=1024)
+    got = scorer(model, "val")
+    # the same quantity by hand: each paragraph scored as one window after the BOS token
+    tokenizer, nll, size = model.tokenizer, 0.0, 0
+    for text in scorer.documents["val"]:
+        ids = [tokenizer.bos_token_id] + tokenizer(text)["input_ids"]
+        with torch.no_grad():
+            logp = torch.log_softmax(model(torch.tensor([ids])).logits[0, :-1].double(), -1)
+        nll -= float(logp.gather(1, torch.tensor(ids[1:])[:, None]).sum())
+        size += len(text.encode())
+    assert got == pytest.approx(2 ** -(nll / math.log(2) / size), rel=1e-4)
+    assert 0 < got <= 1 and scorer(model, "test") != got

@@ -15,7 +15,8 @@ Third-party packages register scorers through the ``cycleqd.scorers`` entry-poin
 names one by dotted path (``my_package.scoring:MyScorer``).
 
 Public names:
-    SCORERS: the registry (built-ins: ``digits_accuracy``, ``skill_accuracy``).
+    SCORERS: the registry (built-ins: ``digits_accuracy``, ``skill_accuracy``,
+        ``language_retention``).
     Scorer: the protocol.
 """
 
@@ -41,14 +42,18 @@ class Scorer(Protocol):
 SCORERS: Registry = Registry(kind="scorer", entry_point_group="cycleqd.scorers")
 
 
+_BUILTINS = {
+    "digits_accuracy": ("cycleqd.digits", "DigitsAccuracy"),
+    "skill_accuracy": ("cycleqd.skills", "SkillAccuracy"),
+    "language_retention": ("cycleqd.language", "LanguageRetention"),
+}
+
+
 def _builtin(name: str):
-    if name == "digits_accuracy":
-        from cycleqd.digits import DigitsAccuracy
+    import importlib
 
-        return DigitsAccuracy
-    from cycleqd.skills import SkillAccuracy
-
-    return SkillAccuracy
+    module, attr = _BUILTINS[name]
+    return getattr(importlib.import_module(module), attr)
 
 
-SCORERS.add_provider(lambda: ["digits_accuracy", "skill_accuracy"], _builtin)
+SCORERS.add_provider(lambda: list(_BUILTINS), _builtin)
