@@ -71,9 +71,18 @@ _REDUCTIONS = [  # (phrase, template over the selected list `S`)
 ]
 
 
+def _values(split: str, pool: range, held_out: set[int]) -> list[int]:
+    """Argument values of a split.
+
+    Test problems use ``held_out`` only; train and val use the rest of a wide ``pool``, so that
+    a model learns to copy values rather than recall them.
+    """
+    return sorted(held_out) if split == "test" else [v for v in pool if v not in held_out]
+
+
 def _code_problems(rng: random.Random, split: str, n: int) -> list[Problem]:
     # test values of k are never used by train or val: the model must copy, not recall
-    ks = [6, 7, 8, 9] if split == "test" else [2, 3, 4, 5, 16, 17, 18, 19]
+    ks = _values(split, range(2, 30), {6, 7, 8, 9})
     out = []
     while len(out) < n:
         sel_phrase, condition = rng.choice(_SELECTIONS)
@@ -174,10 +183,10 @@ def _sql_problems(rng: random.Random, split: str, n: int) -> list[Problem]:
         question, query = _SQL[t]
         values = {
             "d": _pick(rng, t, DEPARTMENTS, test),
-            "a": rng.choice([50, 55] if test else [30, 35, 40, 45]),
-            "s": rng.choice([120000, 130000] if test else [60000, 80000, 100000]),
-            "c": rng.choice([9, 10] if test else [5, 6, 7]),
-            "f": rng.choice([4, 5] if test else [1, 2, 3]),
+            "a": rng.choice(_values(split, range(20, 65), {33, 47, 52})),
+            "s": rng.choice(_values(split, range(40000, 150001, 5000), {75000, 115000})),
+            "c": rng.choice(_values(split, range(2, 13), {6, 9})),
+            "f": rng.choice(_values(split, range(1, 6), {4})),
         }
         out.append(Problem("sql", question.format(**values), query.format(**values)))
     return out
@@ -230,7 +239,7 @@ def _shell_problems(rng: random.Random, split: str, n: int) -> list[Problem]:
             "p": _pick(rng, t, ["alpha", "beta", "gamma"], test),
             "i": rng.choice([2] if test else [0, 1]),
             "w": _pick(rng, t + 1, ["INFO", "WARN", "ERROR"], test),
-            "n": rng.choice([4, 5] if test else [1, 2, 3]),
+            "n": rng.choice(_values(split, range(1, 10), {4, 7})),
         }
         out.append(Problem("shell", request.format(**values), command.format(**values)))
     return out

@@ -47,7 +47,7 @@ def test_splits_are_deterministic_and_test_values_are_unseen():
         }
 
     assert numbers("test", 100) == {6, 7, 8, 9}  # values of k a model must copy, never seen
-    assert numbers("train", 400) | numbers("val", 200) == {2, 3, 4, 5, 16, 17, 18, 19}
+    assert not numbers("test", 100) & (numbers("train", 400) | numbers("val", 200))
     sql_train = {
         (p.gold.split("WHERE")[0], p.prompt.split(" department")[0].split()[-1])
         for p in generate("sql", "train", 500)
