@@ -20,6 +20,7 @@ from conftest import REPO
         ("gpu.py", ["hbm_fraction", "vs_torch_ref", "vs_mergekit", "svd_mutation_s"]),
         ("decode.py", ["decode_speedup"]),
         ("sandbox.py", ["python_s_per_100", "shell_s_per_100"]),
+        ("experts.py", ["own_skill_min", "above_base_min", "mean_merge_loss"]),
     ],
 )
 def test_benchmark_runs_small(script, keys):
@@ -32,5 +33,5 @@ def test_benchmark_runs_small(script, keys):
     )
     assert out.returncode == 0, out.stderr[-2000:]
     last = out.stdout.strip().splitlines()[-1]
-    pattern = "RESULT " + " ".join(rf"{k}=[0-9.]+(e-?[0-9]+)?" for k in keys)
+    pattern = "RESULT " + " ".join(rf"{k}=-?[0-9.]+(e-?[0-9]+)?" for k in keys)
     assert re.fullmatch(pattern, last), last
