@@ -87,6 +87,17 @@ def _describe(tensor: torch.Tensor) -> str:
     return f"shape {tuple(tensor.shape)} dtype {str(tensor.dtype).removeprefix('torch.')}"
 
 
+def sample_indices(numel: int, count: int) -> torch.Tensor:
+    """``min(count, numel)`` evenly spaced indices into ``numel`` elements, first and last included.
+
+    Exact integer arithmetic: a float ``linspace`` rounds past the end of large tensors.
+    """
+    count = min(count, numel)
+    if count <= 1:
+        return torch.zeros(count, dtype=torch.long)
+    return torch.arange(count, dtype=torch.long) * (numel - 1) // (count - 1)
+
+
 def _row_absmax(bank: torch.Tensor, names: list[str], what: str) -> torch.Tensor:
     """Largest ``|x|`` of each row in fp32; refuses NaN/Inf (naming the tensor)."""
     absmax = torch.stack([row.abs().max().float() for row in bank]).cpu()
@@ -298,8 +309,7 @@ class WeightSpace:
                 h.update(f"{name}|{self.shapes[name]}|{self.banks[bank].dtype};".encode())
             h.update("|".join(self.expert_names).encode())
             for bank in self.banks:
-                picks = torch.linspace(0, bank.numel - 1, min(64, bank.numel)).long()
-                picks = picks.to(bank.base.device)
+                picks = sample_indices(bank.numel, 64).to(bank.base.device)
                 h.update(bank.base[:, picks].float().cpu().numpy().tobytes())
                 h.update(bank.taus[:, :, picks].float().cpu().numpy().tobytes())
             self._fingerprint = h.hexdigest()[:16]

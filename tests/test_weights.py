@@ -161,3 +161,12 @@ def test_svd_factors_are_cached_on_disk(tmp_path, state_dicts, monkeypatch):
         torch.testing.assert_close(U * S @ V.T, second_space.task_vector(1, n), atol=1e-5, rtol=0)
         for a, b in zip(first[n], second[n], strict=True):
             assert torch.equal(a, b)
+
+
+def test_fingerprint_samples_stay_inside_large_tensors():
+    from cycleqd.weights import sample_indices
+
+    for numel in (1, 2, 63, 64, 65, 32_768_000, 525_336_576):
+        picks = sample_indices(numel, 64)
+        assert len(picks) == min(64, numel) and int(picks[0]) == 0
+        assert int(picks[-1]) == numel - 1 and bool((picks[1:] > picks[:-1]).all())
