@@ -16,6 +16,7 @@ import argparse
 import json
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -23,18 +24,9 @@ import torch
 from cycleqd import Genome, Materializer, WeightSpace
 from cycleqd.models import TinyLMSource, load_into
 from cycleqd.skills import SKILLS, SkillAccuracy
+from cycleqd.tinylm import TinyLMRecipe
 
-MICRO = {
-    "vocab_size": 300,
-    "hidden": 32,
-    "layers": 1,
-    "heads": 2,
-    "max_len": 96,
-    "base_steps": 4,
-    "expert_steps": 2,
-    "batch_size": 4,
-    "train_problems": 40,
-}
+MICRO = asdict(TinyLMRecipe.micro())
 
 
 def main() -> None:

@@ -19,11 +19,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
+from _timing import timed  # bench/ is the script folder
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -66,23 +65,11 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
-    fn()
-    sync(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def copy_bandwidth(device: torch.device, small: bool, repeats: int) -> float:
     n = (64 << 20) if small else (2 << 30)  # bf16 elements: 128 MiB or 4 GiB
     src = torch.empty(n, dtype=torch.bfloat16, device=device).fill_(1)
     dst = torch.empty_like(src)
-    return 2 * src.numel() * 2 / timed(lambda: dst.copy_(src), device, repeats)
+    return 2 * src.numel() * 2 / timed(lambda: dst.copy_(src), repeats, lambda: sync(device))
 
 
 def materialise(
@@ -90,7 +77,7 @@ def materialise(
 ) -> tuple[float, dict[str, torch.Tensor]]:
     """Median time of one child through the engine, and (for checking) the child's weights."""
     materializer = Materializer(space, backend=backend)
-    seconds = timed(lambda: materializer.materialize(genome), device, repeats)
+    seconds = timed(lambda: materializer.materialize(genome), repeats, lambda: sync(device))
     return seconds, materializer.state_dict
 
 
@@ -126,7 +113,7 @@ def svd_mutation(
                 out = workspace[: (j - i) * m * c].view(j - i, m * c).zero_()
                 lowrank_add(U[i:j], coords[i:j], V[i:j], out)
 
-    return timed(mutate, device, repeats), len(targets)
+    return timed(mutate, repeats, lambda: sync(device)), len(targets)
 
 
 def mergekit_merge(space: WeightSpace, device: torch.device, repeats: int) -> float:
@@ -151,8 +138,8 @@ def mergekit_merge(space: WeightSpace, device: torch.device, repeats: int) -> fl
             parameters={"weight": weights},
             out_dtype=torch.bfloat16,
         ),
-        device,
         repeats,
+        lambda: sync(device),
     )
 
 

@@ -18,28 +18,16 @@ Every timing is the median of ``--repeats`` runs after one warm-up. The last lin
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from _timing import timed  # bench/ is the script folder
 
 from cycleqd import Genome, Materializer, WeightSpace
 
 K = 3
 COEFFICIENTS = (0.45, 0.35, 0.3)
-
-
-def timed(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm-up: compilation, page cache, allocator
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 SIZES = {

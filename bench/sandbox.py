@@ -7,20 +7,10 @@ is the price of the sandbox. Last line: ``RESULT python_s_per_100=<s> shell_s_pe
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
+
+from _timing import timed  # bench/ is the script folder
 
 from cycleqd.sandbox import Sandbox
-
-
-def timed(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:

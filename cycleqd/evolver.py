@@ -15,7 +15,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,11 +26,10 @@ from cycleqd.errors import CycleQDError
 from cycleqd.evaluator import Evaluator, LocalEvaluator
 from cycleqd.genome import Genome
 from cycleqd.materialize import Materializer
-from cycleqd.models import ModelSource, build_source
+from cycleqd.models import ModelSource, load_models
 from cycleqd.operators import CROSSOVERS, MUTATIONS, SELECTIONS, MutationContext
 from cycleqd.scorers import SCORERS
 from cycleqd.store import RunStore
-from cycleqd.weights import WeightSpace
 
 __all__ = ["Evolver", "GenerationReport", "softmax"]
 
@@ -84,23 +82,8 @@ class Evolver:
         self.tasks = config.task_names
         self.on_generation = on_generation
         config.check_names()
-        self.source: ModelSource = build_source(config.models)
-        cache = Path(config.cache_dir).expanduser()
-        base, experts = self.source.prepare(cache)
-        missing = [t for t in self.tasks if t not in experts]
-        if missing:
-            raise ConfigError(
-                f"model source {config.models.source!r} has no expert for task(s) "
-                f"{missing}; it provides {sorted(experts)}"
-            )
-        self.space = WeightSpace.from_paths(
-            base=base,
-            experts={t: experts[t] for t in self.tasks},
-            dtype=config.models.dtype,
-            device=config.models.device,
-            allow_pickle=config.models.allow_pickle,
-            cache_dir=cache / "svd",
-        )
+        self.source: ModelSource
+        self.source, self.space = load_models(config)
         scorers = {t.name: SCORERS.build(t.scorer, **t.params) for t in config.tasks}
         self.evaluator = evaluator or LocalEvaluator(self.space, self.source, scorers)
         self.materializer: Materializer = getattr(self.evaluator, "materializer", None) or (

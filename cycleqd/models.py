@@ -24,7 +24,7 @@ from safetensors.torch import save_file
 from cycleqd._registry import Registry
 from cycleqd.errors import CycleQDError
 
-__all__ = ["SOURCES", "ModelSource", "PathsSource", "TOKENIZER_FILES"]
+__all__ = ["SOURCES", "ModelSource", "PathsSource", "TOKENIZER_FILES", "load_models"]
 
 #: Files copied from the base model's directory into an exported checkpoint.
 TOKENIZER_FILES = (
@@ -150,6 +150,36 @@ class PathsSource:
             if (self.base / name).is_file():
                 shutil.copy2(self.base / name, out_dir / name)
         return out_dir
+
+
+def load_models(config: Any) -> tuple[ModelSource, Any]:
+    """The model source and weight space of a :class:`cycleqd.config.RunConfig`.
+
+    Builds (or reuses) the source's base and experts, one expert per task in task order.
+
+    Raises:
+        CycleQDError: the source has no expert for a task; or loading fails (its message).
+    """
+    from cycleqd.weights import WeightSpace
+
+    source = build_source(config.models)
+    cache = Path(config.cache_dir).expanduser()
+    base, experts = source.prepare(cache)
+    missing = [t for t in config.task_names if t not in experts]
+    if missing:
+        raise CycleQDError(
+            f"model source {config.models.source!r} has no expert for task(s) "
+            f"{missing}; it provides {sorted(experts)}"
+        )
+    space = WeightSpace.from_paths(
+        base=base,
+        experts={t: experts[t] for t in config.task_names},
+        dtype=config.models.dtype,
+        device=config.models.device,
+        allow_pickle=config.models.allow_pickle,
+        cache_dir=cache / "svd",
+    )
+    return source, space
 
 
 def build_source(models: Any) -> ModelSource:

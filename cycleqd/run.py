@@ -161,20 +161,9 @@ class Run:
     @cached_property
     def _evaluator_parts(self) -> tuple[Any, Any]:
         from cycleqd.materialize import Materializer
-        from cycleqd.models import build_source
-        from cycleqd.weights import WeightSpace
+        from cycleqd.models import load_models
 
-        source = build_source(self.config.models)
-        cache = Path(self.config.cache_dir).expanduser()
-        base, experts = source.prepare(cache)
-        space = WeightSpace.from_paths(
-            base=base,
-            experts={t: experts[t] for t in self.tasks},
-            dtype=self.config.models.dtype,
-            device=self.config.models.device,
-            allow_pickle=self.config.models.allow_pickle,
-            cache_dir=cache / "svd",
-        )
+        source, space = load_models(self.config)
         return source, Materializer(space)
 
     def materialize(self, elite: str) -> dict[str, Any]:

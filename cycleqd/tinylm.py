@@ -44,6 +44,21 @@ class TinyLMRecipe:
     train_problems: int = 4000
     seed: int = 0
 
+    @classmethod
+    def micro(cls) -> TinyLMRecipe:
+        """A recipe that builds in seconds: for tests and smoke runs, not for scores."""
+        return cls(
+            vocab_size=300,
+            hidden=32,
+            layers=1,
+            heads=2,
+            max_len=96,
+            base_steps=4,
+            expert_steps=2,
+            batch_size=4,
+            train_problems=40,
+        )
+
     def key(self) -> str:
         """Hash of the recipe (the cache key)."""
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import pytest
 import yaml
 
@@ -9,18 +11,9 @@ from cycleqd import Evolver, load_config
 from cycleqd.models import PathsSource, TinyLMSource
 from cycleqd.skills import SkillAccuracy
 from cycleqd.store import RunStore
+from cycleqd.tinylm import TinyLMRecipe
 
-MICRO = {
-    "vocab_size": 300,
-    "hidden": 32,
-    "layers": 1,
-    "heads": 2,
-    "max_len": 96,
-    "base_steps": 4,
-    "expert_steps": 2,
-    "batch_size": 4,
-    "train_problems": 40,
-}
+MICRO = asdict(TinyLMRecipe.micro())
 
 
 @pytest.fixture(scope="module")
