@@ -120,6 +120,10 @@ def run_child(kind, problem, limits):
         try:
             os.setsid()
             os.chdir(JOB)
+            # stdin is the worker's request pipe: a command must never read (eat) the requests
+            null = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(null, 0)
+            os.close(null)
             os.dup2(out_w, 1)
             os.dup2(err_w, 2)
             for fd in (out_r, out_w, err_r, err_w):

@@ -1,4 +1,4 @@
-"""The ``cycleqd`` command line: evolve, show, export.
+"""The ``cycleqd`` command line: evolve, experts build, show, export.
 
 Heavy libraries (torch, transformers, ribs, mergekit) are imported inside the commands, so that
 ``cycleqd --help`` answers at once.
@@ -34,12 +34,20 @@ def _summary_table(summary: dict[str, Any]) -> Table:
     tasks = summary["tasks"]
     table = Table(title=f"{summary['split']} split")
     table.add_column("method")
+    report = summary.get("report", [])
     for task in tasks:
         table.add_column(task, justify="right")
     table.add_column("average", justify="right")
+    for metric in report:
+        table.add_column(f"{metric} (not evolved)", justify="right")
     for name, scores in summary["methods"].items():
         values = [scores[t] for t in tasks]
-        table.add_row(name, *(f"{v:.3f}" for v in values), f"{sum(values) / len(values):.3f}")
+        table.add_row(
+            name,
+            *(f"{v:.3f}" for v in values),
+            f"{sum(values) / len(values):.3f}",
+            *(f"{scores[m]:.3f}" for m in report),
+        )
     return table
 
 
@@ -157,6 +165,50 @@ def _evolve(cfg: Any, store: Any, resume: bool) -> dict[str, Any]:
                 f"{evolver.evaluations} evaluations"
             )
     return summary
+
+
+experts_app = typer.Typer(
+    no_args_is_help=True, help="The run's base and expert models: build them, or check them."
+)
+app.add_typer(experts_app, name="experts")
+
+
+@experts_app.command("build")
+def experts_build(
+    config: Annotated[Path, typer.Argument(help="YAML run config.")],
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a config value: key.sub=value (repeatable)."),
+    ] = None,
+) -> None:
+    """Build (or find in the cache) the base and experts a run config uses; print their paths.
+
+    Sources that train their models (``tinylm``, ``digits``) train them here once and cache them;
+    ``cycleqd evolve`` builds them the same way when they are missing.
+    """
+    import time
+
+    from cycleqd.config import load_config
+    from cycleqd.errors import CycleQDError
+    from cycleqd.models import build_source
+
+    try:
+        cfg = load_config(config, overrides or [])
+        source = build_source(cfg.models)
+        start = time.perf_counter()
+        base, experts = source.prepare(Path(cfg.cache_dir).expanduser())
+        missing = [p for p in [base, *experts.values()] if not Path(p).exists()]
+        if missing:
+            raise CycleQDError(f"model path(s) do not exist: {', '.join(map(str, missing))}")
+    except CycleQDError as exc:
+        _fail(exc)
+    table = Table(title=f"models of {cfg.name!r} ({time.perf_counter() - start:.0f} s)")
+    table.add_column("model")
+    table.add_column("path")
+    table.add_row("base", str(base))
+    for task, path in experts.items():
+        table.add_row(f"expert {task}", str(path))
+    console.print(table)
 
 
 @app.command()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -130,6 +130,20 @@ class EvolutionConfig(_Strict):
     cycle: bool = True
 
 
+class ReportMetric(_Strict):
+    """A metric reported for every model in ``summary.json`` but not evolved on.
+
+    Attributes:
+        name: the metric's column name (must differ from the task names).
+        scorer: the scorer's registered name or dotted path.
+        params: keyword arguments of the scorer's factory.
+    """
+
+    name: str
+    scorer: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
 class FinalConfig(_Strict):
     """The final model and the report.
 
@@ -137,6 +151,10 @@ class FinalConfig(_Strict):
         method: ``softmax`` (the paper: ``β = softmax`` of the best elites' qualities) or
             ``validation`` (β chosen among softmax temperatures by the validation average).
         lambdas: the λ values swept for the task-arithmetic baseline ``θ_base + λ Σ_k τ_k``.
+        ties_densities: the densities swept for the TIES baseline (mergekit's ``ties``, every
+            expert weighted 1); an empty list leaves the baseline out.
+        report: further metrics scored on the test split for every reported model but never
+            evolved on (the paper's language-retention table), each ``{name, scorer, params}``.
     """
 
     method: Literal["softmax", "validation"] = "softmax"
@@ -144,6 +162,18 @@ class FinalConfig(_Strict):
         default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.2],
         min_length=1,
     )
+    ties_densities: list[Annotated[float, Field(gt=0, le=1)]] = Field(
+        default_factory=lambda: [0.2, 0.4, 0.6, 0.8, 1.0]
+    )
+    report: list[ReportMetric] = Field(default_factory=list)
+
+    @field_validator("report")
+    @classmethod
+    def _unique_report(cls, report: list[ReportMetric]) -> list[ReportMetric]:
+        names = [m.name for m in report]
+        if len(set(names)) != len(names):
+            raise ValueError(f"report metric names must be unique, got {names}")
+        return report
 
 
 class RunConfig(_Strict):
@@ -191,6 +221,13 @@ class RunConfig(_Strict):
                 )
         return self
 
+    @model_validator(mode="after")
+    def _report_names_differ_from_tasks(self) -> RunConfig:
+        clash = sorted({m.name for m in self.final.report} & set(self.task_names))
+        if clash:
+            raise ValueError(f"report metric name(s) {clash} are also task names; rename them")
+        return self
+
     @property
     def task_names(self) -> list[str]:
         """Task names in config order."""
@@ -210,7 +247,7 @@ class RunConfig(_Strict):
         CROSSOVERS.get(self.evolution.crossover.name)
         MUTATIONS.get(self.evolution.mutation.name)
         SOURCES.get(self.models.source)
-        for task in self.tasks:
+        for task in [*self.tasks, *self.final.report]:
             SCORERS.get(task.scorer)
 
 

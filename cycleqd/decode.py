@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -75,6 +76,10 @@ def greedy_decode(
 
     device = next(model.parameters()).device
     eos = tokenizer.eos_token_id
+    accepted = inspect.signature(model.forward).parameters
+    # transformers 5 renamed past_key_values to cache; older versions and other models differ
+    cache_arg = "cache" if "cache" in accepted else "past_key_values"
+    keep = {"logits_to_keep": 1} if "logits_to_keep" in accepted else {}
     out: list[str] = []
     for start in range(0, len(prompts), batch_size):
         chunk = list(prompts[start : start + batch_size])
@@ -92,8 +97,9 @@ def greedy_decode(
                 input_ids=step_ids,
                 attention_mask=mask,
                 position_ids=positions,
-                past_key_values=cache,
                 use_cache=True,
+                **{cache_arg: cache},
+                **keep,
             ).logits[:, -1]
             token = logits.argmax(dim=-1)
             if eos is not None:

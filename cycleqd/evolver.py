@@ -330,6 +330,17 @@ class Evolver:
         }
         return chosen["genome"], info
 
+    def _ties(self, density: float) -> Genome:
+        """The TIES baseline: mergekit's ``ties`` over the experts, each weighted 1."""
+        experts = [Genome.expert(self.space, k) for k in range(len(self.tasks))]
+        return Genome.merged(
+            "ties",
+            experts,
+            parameters={"density": density},
+            weights=torch.ones(len(experts), experts[0].num_tensors),
+            op="ties_baseline",
+        )
+
     def finish(self) -> dict[str, Any]:
         """Choose the final model and baselines on val; score everything on test; write files."""
         final, info = self.final_genome()
@@ -348,15 +359,35 @@ class Evolver:
         methods["task_arithmetic_best"] = Genome.linear(
             self.space, torch.full((len(self.tasks),), float(best_lambda))
         )
+        if self.cfg.final.ties_densities:
+            ties = {d: self._ties(d) for d in self.cfg.final.ties_densities}
+            scored = [(self._average(g, "val")[0], -i, d) for i, (d, g) in enumerate(ties.items())]
+            density = max(scored)[2]
+            info["ties_density"] = density
+            methods["ties"] = ties[density]
         methods["cycleqd_final"] = final
         result = self.evaluator.evaluate(list(methods.values()), "test")
+        rows = {
+            name: dict(zip(self.tasks, row.tolist(), strict=True))
+            for name, row in zip(methods, result.scores, strict=True)
+        }
+        report = self.cfg.final.report
+        if report:
+            # scored in this process on the evaluator's materialiser: never during evolution
+            reporter = LocalEvaluator(
+                self.space,
+                self.source,
+                {m.name: SCORERS.build(m.scorer, **m.params) for m in report},
+                materializer=self.materializer,
+            )
+            extra = reporter.evaluate(list(methods.values()), "test")
+            for name, row in zip(methods, extra.scores, strict=True):
+                rows[name] |= {m.name: float(v) for m, v in zip(report, row, strict=True)}
         summary = {
             "split": "test",
             "tasks": self.tasks,
-            "methods": {
-                name: dict(zip(self.tasks, row.tolist(), strict=True))
-                for name, row in zip(methods, result.scores, strict=True)
-            },
+            "report": [m.name for m in report],
+            "methods": rows,
         }
         self.store.save_genome(final)
         final.save(self.store.root / "final.genome")

@@ -25,6 +25,7 @@ import itertools
 import json
 import os
 import queue
+import select
 import shutil
 import subprocess
 import threading
@@ -188,10 +189,14 @@ class _Worker:
             env={"PATH": "/usr/bin:/bin"},
         )
 
-    def ask(self, request: dict[str, Any]) -> dict[str, Any]:
+    def ask(self, request: dict[str, Any], timeout: float) -> dict[str, Any]:
         assert self.process.stdin is not None and self.process.stdout is not None
         self.process.stdin.write(json.dumps(request) + "\n")
         self.process.stdin.flush()
+        # the worker enforces every problem's limits; this is the backstop if it hangs itself
+        ready, _, _ = select.select([self.process.stdout], [], [], timeout)
+        if not ready:
+            raise CycleQDError(f"a sandbox worker did not answer within {timeout:.0f} s")
         line = self.process.stdout.readline()
         if not line:
             error = self.process.stderr.read()[-2000:] if self.process.stderr else ""
@@ -274,8 +279,9 @@ class Sandbox:
             "limits": self._limits(limits),
         }
         worker = self._idle.get()
+        timeout = 10.0 + len(problems) * (request["limits"]["wall_s"] + 1.0)
         try:
-            answer = worker.ask(request)
+            answer = worker.ask(request, timeout)
         except (CycleQDError, OSError, ValueError):
             worker.close()
             with self._lock:

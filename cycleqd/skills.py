@@ -17,15 +17,24 @@ template × argument combinations.
 
 from __future__ import annotations
 
+import hashlib
 import random
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from cycleqd.errors import CycleQDError
-from cycleqd.sandbox import Sandbox
+from cycleqd.sandbox import Limits, Sandbox
 
-__all__ = ["SKILLS", "Problem", "SkillAccuracy", "generate", "score", "shared_sandbox"]
+__all__ = [
+    "SKILLS",
+    "Problem",
+    "SkillAccuracy",
+    "generate",
+    "gold_outputs",
+    "score",
+    "shared_sandbox",
+]
 
 SKILLS = ("code", "sql", "shell")
 SPLITS = ("train", "val", "test")
@@ -71,32 +80,33 @@ _REDUCTIONS = [  # (phrase, template over the selected list `S`)
 ]
 
 
-def _values(split: str, pool: range, held_out: set[int]) -> list[int]:
-    """Argument values of a split.
+def _held_out(prompt: str) -> bool:
+    """Whether a request belongs to the test split: a fixed fifth of all requests, by hash."""
+    return int(hashlib.sha256(prompt.encode()).hexdigest()[:8], 16) % 5 == 0
 
-    Test problems use ``held_out`` only; train and val use the rest of a wide ``pool``, so that
-    a model learns to copy values rather than recall them.
-    """
+
+def _values(split: str, pool: Iterable[int], held_out: set[int]) -> list[int]:
+    """Values of a split: test uses ``held_out`` only, train and val the rest of ``pool``."""
     return sorted(held_out) if split == "test" else [v for v in pool if v not in held_out]
 
 
 def _code_problems(rng: random.Random, split: str, n: int) -> list[Problem]:
-    # test values of k are never used by train or val: the model must copy, not recall
-    ks = _values(split, range(2, 30), {6, 7, 8, 9})
     out = []
     while len(out) < n:
         sel_phrase, condition = rng.choice(_SELECTIONS)
         red_phrase, template = rng.choice(_REDUCTIONS)
         if "{k}" not in sel_phrase + red_phrase:
             continue  # a request without k would read the same in every split
-        k = rng.choice(ks)
-        selected = f"[v for v in xs if {condition.format(k=k)}]" if condition else "xs"
-        gold = template.format(S=selected, k=k)
+        k = rng.randint(2, 9)
         phrase = red_phrase.format(sel=sel_phrase.format(k=k), k=k)
+        prompt = f"Given a list xs, return {phrase}."
+        if _held_out(prompt) != (split == "test"):
+            continue  # test requests are (selection, reduction, k) combinations never trained on
+        selected = f"[v for v in xs if {condition.format(k=k)}]" if condition else "xs"
         cases = tuple(
-            {"xs": [rng.randint(0, 20) for _ in range(rng.randint(3, 8))]} for _ in range(4)
+            {"xs": [rng.randint(0, 40) for _ in range(rng.randint(5, 12))]} for _ in range(4)
         )
-        out.append(Problem("code", f"Given a list xs, return {phrase}.", gold, cases))
+        out.append(Problem("code", prompt, template.format(S=selected, k=k), cases))
     return out
 
 
@@ -158,6 +168,16 @@ _SQL = [
         "HAVING COUNT(*) > {c} ORDER BY d.name",
     ),
     (
+        "How many departments have more than {c} employees?",
+        "SELECT COUNT(*) FROM (SELECT d.id FROM departments d JOIN employees e "
+        "ON e.dept_id = d.id GROUP BY d.id HAVING COUNT(*) > {c})",
+    ),
+    (
+        "How many employees work on floor {f}?",
+        "SELECT COUNT(*) FROM employees e JOIN departments d ON e.dept_id = d.id "
+        "WHERE d.floor = {f}",
+    ),
+    (
         "What is the highest salary on floor {f}?",
         "SELECT MAX(e.salary) FROM employees e JOIN departments d ON e.dept_id = d.id "
         "WHERE d.floor = {f}",
@@ -165,41 +185,58 @@ _SQL = [
 ]
 
 
-def _pick(rng: random.Random, template: int, options: Sequence[Any], test: bool) -> Any:
-    """An option whose combination with ``template`` belongs to the split.
+#: Numbers test requests use and train / val never do: a model must copy them, not recall them.
+_UNSEEN = {"a": {33, 47, 52}, "s": {75000, 115000}}
 
-    One option per template is held out for test problems; the others are for train and val.
+
+def _draw(
+    rng: random.Random,
+    split: str,
+    templates: Sequence[tuple[str, str]],
+    slots: dict[str, Sequence[Any]],
+) -> tuple[str, str]:
+    """A ``(request, gold)`` of ``split`` from ``templates`` and argument ``slots``.
+
+    A request with a number of :data:`_UNSEEN` is a test request; any other is one when it
+    falls in the held-out fifth (:func:`_held_out`). So test requests are argument values or
+    template × argument combinations that train and val never contain.
     """
-    held_out = template % len(options)
-    allowed = [o for i, o in enumerate(options) if (i == held_out) == test]
-    return rng.choice(allowed)
+    test = split == "test"
+    while True:
+        request, gold = rng.choice(templates)  # templates weigh the same in every split
+        unseen = any("{" + name + "}" in request for name in _UNSEEN)
+        for _ in range(64):
+            values = {name: rng.choice(options) for name, options in slots.items()}
+            for name, held in _UNSEEN.items():
+                if name in values:
+                    values[name] = rng.choice(_values(split, slots[name], held))
+            prompt = request.format(**values)
+            if unseen or _held_out(prompt) == test:
+                return prompt, gold.format(**values)
 
 
 def _sql_problems(rng: random.Random, split: str, n: int) -> list[Problem]:
-    test = split == "test"
-    out = []
-    for _ in range(n):
-        t = rng.randrange(len(_SQL))
-        question, query = _SQL[t]
-        values = {
-            "d": _pick(rng, t, DEPARTMENTS, test),
-            "a": rng.choice(_values(split, range(20, 65), {33, 47, 52})),
-            "s": rng.choice(_values(split, range(40000, 150001, 5000), {75000, 115000})),
-            "c": rng.choice(_values(split, range(2, 13), {6, 9})),
-            "f": rng.choice(_values(split, range(1, 6), {4})),
-        }
-        out.append(Problem("sql", question.format(**values), query.format(**values)))
-    return out
+    slots = {
+        "d": DEPARTMENTS,
+        "a": range(20, 65),
+        "s": range(40000, 150001, 5000),
+        "c": range(2, 13),
+        "f": range(1, 6),
+    }
+    return [Problem("sql", *_draw(rng, split, _SQL, slots)) for _ in range(n)]
 
 
 # --- shell -----------------------------------------------------------------------------------
 
 
+PROJECTS = ["alpha", "beta", "gamma", "delta", "omega"]
+
+
 def shell_fixture() -> dict[str, str]:
     """The fixture tree shell commands run on (path → text)."""
     files = {}
-    for project in ("alpha", "beta", "gamma"):
-        for i in range(3):
+    for project in PROJECTS:
+        for i in range(4):
             body = "\n".join(
                 f"{'TODO ' if (i + j) % 3 == 0 else ''}line {j} of {project}{i}"
                 for j in range(4 + i)
@@ -220,8 +257,10 @@ _SHELL = [
     ("Show the lines containing TODO in {p}/src/mod{i}.py.", "grep TODO {p}/src/mod{i}.py"),
     ("Count the lines containing {w} in logs/app.log.", "grep -c {w} logs/app.log"),
     ("Print the first {n} lines of {p}/data.csv.", "head -n {n} {p}/data.csv"),
+    ("Show the rows of {p}/data.csv that contain {v}.", "grep {v} {p}/data.csv"),
     ("Find the README.md of {p}.", "find {p} -name README.md"),
     ("List the python files under {p}, sorted.", "find {p} -name '*.py' | sort"),
+    ("Count the python files under {p}.", "find {p} -name '*.py' | wc -l"),
     (
         "Show the last {n} lines of logs/app.log in reverse alphabetical order.",
         "tail -n {n} logs/app.log | sort -r",
@@ -230,19 +269,14 @@ _SHELL = [
 
 
 def _shell_problems(rng: random.Random, split: str, n: int) -> list[Problem]:
-    test = split == "test"
-    out = []
-    for _ in range(n):
-        t = rng.randrange(len(_SHELL))
-        request, command = _SHELL[t]
-        values = {
-            "p": _pick(rng, t, ["alpha", "beta", "gamma"], test),
-            "i": rng.choice([2] if test else [0, 1]),
-            "w": _pick(rng, t + 1, ["INFO", "WARN", "ERROR"], test),
-            "n": rng.choice(_values(split, range(1, 10), {4, 7})),
-        }
-        out.append(Problem("shell", request.format(**values), command.format(**values)))
-    return out
+    slots = {
+        "p": PROJECTS,
+        "i": range(4),
+        "w": ["INFO", "WARN", "ERROR"],
+        "n": range(1, 10),
+        "v": range(5),
+    }
+    return [Problem("shell", *_draw(rng, split, _SHELL, slots)) for _ in range(n)]
 
 
 _GENERATORS = {"code": _code_problems, "sql": _sql_problems, "shell": _shell_problems}
@@ -262,6 +296,10 @@ def generate(skill: str, split: str, n: int, *, seed: int = 0) -> list[Problem]:
     return _GENERATORS[skill](rng, split, n)
 
 
+#: Every gold program finishes in milliseconds: an answer that runs for seconds is wrong anyway.
+LIMITS = Limits(wall_s=2.0, cpu_s=2)
+
+
 def _run(
     sandbox: Sandbox, skill: str, programs: Sequence[str], problems: Sequence[Problem]
 ) -> list[Any]:
@@ -269,31 +307,55 @@ def _run(
         results = sandbox.run(
             "python",
             [{"code": p, "cases": list(q.cases)} for p, q in zip(programs, problems, strict=True)],
+            limits=LIMITS,
         )
         return [r.json() for r in results]
     if skill == "sql":
-        results = sandbox.run("sql", [{"code": p} for p in programs], sqlite=sql_database())
+        results = sandbox.run(
+            "sql", [{"code": p} for p in programs], sqlite=sql_database(), limits=LIMITS
+        )
         return [r.json() for r in results]
-    results = sandbox.run("shell", [{"code": p} for p in programs], files=shell_fixture())
+    results = sandbox.run(
+        "shell", [{"code": p} for p in programs], files=shell_fixture(), limits=LIMITS
+    )
     return [r.stdout if r.ok else None for r in results]
 
 
-def score(sandbox: Sandbox, problems: Sequence[Problem], answers: Sequence[str]) -> list[bool]:
+def gold_outputs(sandbox: Sandbox, problems: Sequence[Problem]) -> list[Any]:
+    """What each problem's gold program gives in ``sandbox`` (scorers compute it once)."""
+    outputs: list[Any] = [None] * len(problems)
+    for skill in SKILLS:
+        idx = [i for i, p in enumerate(problems) if p.skill == skill]
+        if idx:
+            subset = [problems[i] for i in idx]
+            ran = _run(sandbox, skill, [p.gold for p in subset], subset)
+            for i, out in zip(idx, ran, strict=True):
+                outputs[i] = out
+    return outputs
+
+
+def score(
+    sandbox: Sandbox,
+    problems: Sequence[Problem],
+    answers: Sequence[str],
+    gold: Sequence[Any] | None = None,
+) -> list[bool]:
     """Whether each answer, executed in ``sandbox``, behaves like its problem's gold program.
 
     ``code``: every case gives the gold value; ``sql``: the same rows (order-insensitive unless
     the gold query orders them); ``shell``: the same output. An answer that fails, times out or
-    errors on any case is wrong.
+    errors on any case is wrong. ``gold``: :func:`gold_outputs` of the problems, if known.
     """
+    gold = gold_outputs(sandbox, problems) if gold is None else gold
     verdicts = [False] * len(problems)
     for skill in SKILLS:
         idx = [i for i, p in enumerate(problems) if p.skill == skill]
         if not idx:
             continue
         subset = [problems[i] for i in idx]
-        gold = _run(sandbox, skill, [p.gold for p in subset], subset)
         got = _run(sandbox, skill, [answers[i] for i in idx], subset)
-        for i, problem, want, have in zip(idx, subset, gold, got, strict=True):
+        for i, problem, have in zip(idx, subset, got, strict=True):
+            want = gold[i]
             if have is None or want is None:
                 continue
             if skill == "code":
@@ -339,6 +401,7 @@ class SkillAccuracy:
         self.problems = {
             split: generate(skill, split, problems, seed=seed) for split in ("val", "test")
         }
+        self._gold: dict[str, list[Any]] = {}
 
     def __call__(self, model: Any, split: str) -> float:
         """Accuracy on ``split``."""
@@ -360,5 +423,8 @@ class SkillAccuracy:
             max_new_tokens=self.max_new_tokens,
             stop="\n",
         )
-        verdicts = score(shared_sandbox(), problems, [a.strip() for a in answers])
+        sandbox = shared_sandbox()
+        if split not in self._gold:
+            self._gold[split] = gold_outputs(sandbox, problems)
+        verdicts = score(sandbox, problems, [a.strip() for a in answers], self._gold[split])
         return sum(verdicts) / len(verdicts)

@@ -15,6 +15,8 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import shutil
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -38,11 +40,29 @@ class TinyLMRecipe:
     base_steps: int = 1200
     base_lr: float = 2e-3
     base_skill_share: float = 0.5
+    base_copy_share: float = 0.0
     expert_steps: int = 500
     expert_lr: float = 1e-3
     batch_size: int = 32
     train_problems: int = 4000
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        from cycleqd.errors import CycleQDError
+
+        for name, spec in self.__dataclass_fields__.items():
+            value = getattr(self, name)
+            wanted = float if spec.type == "float" else int
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise CycleQDError(f"tinylm recipe: {name} must be a number, not {value!r}")
+            if wanted is int and value != int(value):
+                raise CycleQDError(f"tinylm recipe: {name} must be a whole number, not {value}")
+            if value < 0 or (name.endswith("share") and value >= 1):
+                raise CycleQDError(f"tinylm recipe: {name}={value} is out of range")
+        if self.hidden % self.heads:
+            raise CycleQDError(
+                f"tinylm recipe: hidden={self.hidden} must be a multiple of heads={self.heads}"
+            )
 
     @classmethod
     def micro(cls) -> TinyLMRecipe:
@@ -88,6 +108,24 @@ def generic_text(split: str) -> list[str]:
             if len(para) > 40:
                 paragraphs.append(para[:400])
     return paragraphs
+
+
+def copy_examples(n: int, words: list[str], seed: int) -> list[tuple[str, str]]:
+    """``n`` generic copying drills: repeat a random run of words and numbers.
+
+    Skill-free practice for the one thing every skill needs, copying arguments from the request
+    into the answer (without it, tiny experts miscopy numbers and names they were not trained on).
+    """
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        items = [
+            str(rng.randrange(10 ** rng.randint(1, 6))) if rng.random() < 0.4 else rng.choice(words)
+            for _ in range(rng.randint(2, 10))
+        ]
+        sep = rng.choice([" ", ", ", " and "])
+        out.append(format_example(f"Repeat {sep.join(items)}.", sep.join(items)))
+    return out
 
 
 def _encode(tokenizer: Any, prompt: str, answer: str, max_len: int) -> tuple[list[int], int]:
@@ -157,16 +195,42 @@ def build(cache_dir: Path, recipe: TinyLMRecipe | None = None) -> tuple[Path, di
         The base's Hugging Face directory and each skill's expert directory (each with the
         tokenizer).
     """
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from cycleqd.decode import train_tokenizer
+    from transformers.utils import logging as hf_logging
 
     recipe = recipe or TinyLMRecipe()
     root = Path(cache_dir).expanduser() / f"tinylm-{recipe.key()}"
     paths = {s: root / f"expert-{s}" for s in SKILLS}
     if (root / "done").is_file():
         return root / "base", paths
-    root.mkdir(parents=True, exist_ok=True)
+    # built in a private folder renamed into place at the end: an interrupted build leaves no
+    # half-built models under the cache key
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}."))
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # our own bar shows progress; not one per saved file
+    try:
+        _build(tmp, recipe)
+        if (root / "done").is_file():  # another process built the same recipe meanwhile
+            shutil.rmtree(tmp)
+        else:
+            if root.exists():  # a folder an older version left without its "done" marker
+                shutil.rmtree(root)
+            tmp.rename(root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+    return root / "base", paths
+
+
+def _build(root: Path, recipe: TinyLMRecipe) -> None:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from cycleqd.decode import train_tokenizer
+
+    paths = {s: root / f"expert-{s}" for s in SKILLS}
     skill_text = {s: _skill_examples(s, recipe) for s in SKILLS}
     generic = generic_text("train")
     corpus = generic + [p + a for pairs in skill_text.values() for p, a in pairs[:1000]]
@@ -194,6 +258,10 @@ def build(cache_dir: Path, recipe: TinyLMRecipe | None = None) -> tuple[Path, di
     for s in SKILLS:
         for p, a in skill_text[s][: n_skill // len(SKILLS)]:
             mixture.append(_encode(tokenizer, p, a, recipe.max_len))
+    n_copy = int(recipe.base_copy_share * len(generic) / (1 - recipe.base_copy_share))
+    words = sorted({w for text in generic for w in text.split() if w.isalpha() and len(w) > 2})
+    for p, a in copy_examples(n_copy, words, recipe.seed):
+        mixture.append(_encode(tokenizer, p, a, recipe.max_len))
     _train(model, mixture, recipe.base_steps, recipe.base_lr, recipe, pad, recipe.seed, "base")
     model.save_pretrained(root / "base")
     tokenizer.save_pretrained(root / "base")
@@ -213,4 +281,3 @@ def build(cache_dir: Path, recipe: TinyLMRecipe | None = None) -> tuple[Path, di
         expert.save_pretrained(paths[s])
         tokenizer.save_pretrained(paths[s])
     (root / "done").write_text(json.dumps(asdict(recipe)))
-    return root / "base", paths

@@ -63,8 +63,11 @@ def test_evolution_cycles_tasks_and_writes_the_run_folder(tmp_path, digits_cache
         "expert_noisy",
         "expert_inverted",
         "task_arithmetic_best",
+        "ties",
         "cycleqd_final",
     }
+    final = json.loads((evolver.store.root / "final.json").read_text())
+    assert final["ties_density"] in evolver.cfg.final.ties_densities
     for scores in summary["methods"].values():
         assert set(scores) == set(tasks) and all(0 <= v <= 1 for v in scores.values())
     root = evolver.store.root

@@ -192,6 +192,15 @@ def test_background_processes_do_not_outlive_their_command(sandbox):
     assert not _host_processes_running("sleep 123")
 
 
+def test_a_command_reading_stdin_gets_nothing_and_cannot_eat_the_next_request():
+    with Sandbox(workers=1) as box:  # one worker: every request goes through the same pipe
+        first = box.run("shell", [{"code": "cat; grep x; echo done"}])[0]
+        second = box.run("python", [{"code": "k + 1", "cases": [{"k": 1}]}])[0]
+        assert first.error is None  # not "timeout": cat read an empty stdin and ended
+        assert first.stdout == "done\n"
+        assert second.ok and second.json() == [{"ok": True, "value": "2"}]
+
+
 def test_missing_bubblewrap_is_explained(monkeypatch):
     monkeypatch.setenv("PATH", "/nonexistent")
     with pytest.raises(SandboxUnavailable, match="apt-get install bubblewrap"):

@@ -1,4 +1,4 @@
-"""The agent skills: oracle answers score 1, wrong ones 0, test splits hold unseen values."""
+"""The agent skills: oracle answers score 1, wrong ones 0, test requests are never trained on."""
 
 from __future__ import annotations
 
@@ -29,36 +29,32 @@ def test_gold_answers_score_one_and_wrong_ones_zero(sandbox, skill):
     assert score(sandbox, problems[:2], [hostile] * 2) == [False, False]
 
 
-def test_splits_are_deterministic_and_test_values_are_unseen():
+def test_splits_are_deterministic_and_test_requests_are_never_trained_on():
     assert generate("sql", "train", 30, seed=1) == generate("sql", "train", 30, seed=1)
     assert generate("sql", "train", 30, seed=1) != generate("sql", "train", 30, seed=2)
     for skill in SKILLS:
-        train = generate(skill, "train", 400) + generate(skill, "val", 200)
-        test = generate(skill, "test", 100)
+        train = generate(skill, "train", 2000) + generate(skill, "val", 200)
+        test = generate(skill, "test", 200)
         seen = {p.prompt for p in train}
         assert not {p.prompt for p in test} & seen, skill  # no test request was trained on
+        assert len({p.prompt for p in test}) >= 15, skill  # and they are not a handful
 
     def numbers(split, n):
         return {
-            int(w.strip("."))
-            for p in generate("code", split, n)
+            int(w.strip(".?,"))
+            for p in generate("sql", split, n)
             for w in p.prompt.split()
-            if w.strip(".").isdigit()
+            if w.strip(".?,").isdigit() and int(w.strip(".?,")) > 12
         }
 
-    assert numbers("test", 100) == {6, 7, 8, 9}  # values of k a model must copy, never seen
-    assert not numbers("test", 100) & (numbers("train", 400) | numbers("val", 200))
-    sql_train = {
-        (p.gold.split("WHERE")[0], p.prompt.split(" department")[0].split()[-1])
-        for p in generate("sql", "train", 500)
-        if "department?" in p.prompt
-    }
-    sql_test = {
-        (p.gold.split("WHERE")[0], p.prompt.split(" department")[0].split()[-1])
-        for p in generate("sql", "test", 200)
-        if "department?" in p.prompt
-    }
-    assert sql_test and not sql_test & sql_train  # held-out (template, department) pairs
+    # ages and salaries in test requests are values train and val never contain
+    assert numbers("test", 200) == {33, 47, 52, 75000, 115000}
+    assert not numbers("test", 200) & (numbers("train", 2000) | numbers("val", 200))
+    # ... while every digit k of a code request is trained on, in other combinations
+    ks = {p.prompt for p in generate("code", "test", 200)}
+    assert {d for d in "23456789" if any(f" {d} " in s or f" {d}." in s for s in ks)} == set(
+        "23456789"
+    )
 
 
 def test_unknown_skill_or_split():

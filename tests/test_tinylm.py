@@ -7,9 +7,9 @@ from dataclasses import asdict
 import pytest
 import yaml
 
-from cycleqd import Evolver, load_config
+from cycleqd import CycleQDError, Evolver, load_config
 from cycleqd.models import PathsSource, TinyLMSource
-from cycleqd.skills import SkillAccuracy
+from cycleqd.skills import SKILLS, SkillAccuracy
 from cycleqd.store import RunStore
 from cycleqd.tinylm import TinyLMRecipe
 
@@ -66,13 +66,50 @@ def test_a_short_evolution_on_the_tiny_language_models(micro, tmp_path):
             for s in ("code", "sql", "shell")
         ],
         "evolution": {"generations": 2, "batch_size": 2},
-        "final": {"lambdas": [0.5, 1.0]},
+        "final": {
+            "lambdas": [0.5, 1.0],
+            "ties_densities": [0.5],
+            "report": [
+                {"name": "language", "scorer": "language_retention", "params": {"documents": 2}}
+            ],
+        },
     }
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config))
     cfg = load_config(tmp_path / "tiny.yaml")
     summary = Evolver(cfg, RunStore.create(tmp_path / "run", cfg)).run()
-    assert set(summary["methods"]) >= {"base", "expert_code", "cycleqd_final"}
-    assert all(0 <= v <= 1 for row in summary["methods"].values() for v in row.values())
+    assert set(summary["methods"]) == {
+        "base",
+        "expert_code",
+        "expert_sql",
+        "expert_shell",
+        "task_arithmetic_best",
+        "ties",
+        "cycleqd_final",
+    }
+    assert summary["report"] == ["language"]
+    for row in summary["methods"].values():
+        assert set(row) == {"code", "sql", "shell", "language"}
+        assert all(0 <= v <= 1 for v in row.values())
+    # retention is a real measurement: the base and an expert differ
+    assert summary["methods"]["base"]["language"] != summary["methods"]["expert_sql"]["language"]
+
+
+def test_report_metrics_are_checked_before_the_run(tmp_path):
+    from cycleqd.config import ConfigError
+
+    config = {
+        "name": "tiny",
+        "models": {"source": "tinylm", "params": MICRO},
+        "tasks": [{"name": s, "scorer": "skill_accuracy", "params": {"skill": s}} for s in SKILLS],
+        "final": {"report": [{"name": "sql", "scorer": "language_retention"}]},
+    }
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(ConfigError, match=r"report metric name\(s\) \['sql'\] are also task"):
+        load_config(tmp_path / "a.yaml")
+    config["final"]["report"] = [{"name": "language", "scorer": "languag_retention"}]
+    (tmp_path / "b.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(CycleQDError, match="languag_retention"):
+        load_config(tmp_path / "b.yaml").check_names()
 
 
 def test_language_retention_is_lm_evals_bits_per_byte(micro):
@@ -96,3 +133,42 @@ def test_language_retention_is_lm_evals_bits_per_byte(micro):
         size += len(text.encode())
     assert got == pytest.approx(2 ** -(nll / math.log(2) / size), rel=1e-4)
     assert 0 < got <= 1 and scorer(model, "test") != got
+
+
+def test_experts_build_command_builds_once_and_prints_the_paths(tmp_path):
+    from typer.testing import CliRunner
+
+    from cycleqd.cli import app
+
+    config = {
+        "name": "tiny",
+        "cache_dir": str(tmp_path / "cache"),
+        "models": {"source": "tinylm", "params": MICRO},
+        "tasks": [{"name": s, "scorer": "skill_accuracy", "params": {"skill": s}} for s in SKILLS],
+    }
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    runner = CliRunner()
+    first = runner.invoke(app, ["experts", "build", str(path)], terminal_width=300)
+    assert first.exit_code == 0, first.output
+    built = sorted(p.name for p in (tmp_path / "cache").iterdir())
+    assert len(built) == 1 and built[0].startswith("tinylm-")  # no temporary folder left
+    root = tmp_path / "cache" / built[0]
+    assert f"{root / 'base'}" in first.output and f"{root / 'expert-shell'}" in first.output
+    mtime = (root / "done").stat().st_mtime_ns
+    again = runner.invoke(app, ["experts", "build", str(path)], terminal_width=300)
+    assert again.exit_code == 0 and (root / "done").stat().st_mtime_ns == mtime  # cached
+    bad = runner.invoke(app, ["experts", "build", str(path), "--set", "models.params.hidden=x"])
+    assert bad.exit_code == 2
+
+
+def test_an_interrupted_build_leaves_nothing_under_the_cache_key(tmp_path, monkeypatch):
+    import cycleqd.tinylm as tinylm
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tinylm, "_train", crash)
+    with pytest.raises(KeyboardInterrupt):
+        tinylm.build(tmp_path, TinyLMRecipe.micro())
+    assert list(tmp_path.iterdir()) == []
