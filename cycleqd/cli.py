@@ -202,13 +202,9 @@ def experts_build(
             raise CycleQDError(f"model path(s) do not exist: {', '.join(map(str, missing))}")
     except CycleQDError as exc:
         _fail(exc)
-    table = Table(title=f"models of {cfg.name!r} ({time.perf_counter() - start:.0f} s)")
-    table.add_column("model")
-    table.add_column("path")
-    table.add_row("base", str(base))
-    for task, path in experts.items():
-        table.add_row(f"expert {task}", str(path))
-    console.print(table)
+    console.print(f"models of {cfg.name!r} ready ({time.perf_counter() - start:.0f} s):")
+    for name, path in [("base", base), *((f"expert {t}", p) for t, p in experts.items())]:
+        console.print(f"  {name}: {path}", soft_wrap=True, highlight=False)
 
 
 @app.command()

@@ -55,7 +55,7 @@ def greedy_decode(
     tokenizer: Any,
     prompts: Sequence[str],
     *,
-    max_new_tokens: int = 64,
+    max_new_tokens: int | Sequence[int] = 64,
     stop: str | None = "\n",
     batch_size: int = 256,
 ) -> list[str]:
@@ -65,7 +65,7 @@ def greedy_decode(
         model: a causal LM (``transformers``), in eval mode.
         tokenizer: its tokenizer (left padding is used whatever its setting).
         prompts: the prompts.
-        max_new_tokens: longest completion.
+        max_new_tokens: longest completion, or one limit per prompt.
         stop: a completion ends before this string (``None``: only at end-of-sequence).
         batch_size: prompts decoded together.
 
@@ -83,6 +83,12 @@ def greedy_decode(
     out: list[str] = []
     for start in range(0, len(prompts), batch_size):
         chunk = list(prompts[start : start + batch_size])
+        limits = torch.tensor(
+            [max_new_tokens] * len(chunk)
+            if isinstance(max_new_tokens, int)
+            else list(max_new_tokens[start : start + batch_size]),
+            device=device,
+        )
         encoded = tokenizer(chunk, return_tensors="pt", padding=True, padding_side="left")
         ids = encoded["input_ids"].to(device)
         mask = encoded["attention_mask"].to(device)
@@ -90,9 +96,10 @@ def greedy_decode(
         cache = DynamicCache()
         generated = torch.empty(len(chunk), 0, dtype=torch.long, device=device)
         done = torch.zeros(len(chunk), dtype=torch.bool, device=device)
+        lengths = torch.zeros(len(chunk), dtype=torch.long, device=device)
         texts = [""] * len(chunk)
         step_ids = ids
-        for _ in range(max_new_tokens):
+        for _ in range(int(limits.max())):
             logits = model(
                 input_ids=step_ids,
                 attention_mask=mask,
@@ -104,8 +111,11 @@ def greedy_decode(
             token = logits.argmax(dim=-1)
             if eos is not None:
                 token = torch.where(done, torch.full_like(token, eos), token)
-                done |= token == eos
             generated = torch.cat([generated, token[:, None]], dim=1)
+            lengths += (~done).long()  # a finished row's filler tokens do not count
+            if eos is not None:
+                done |= token == eos
+            done |= lengths >= limits
             if stop is not None:
                 texts = tokenizer.batch_decode(generated, skip_special_tokens=True)
                 done |= torch.tensor([stop in t for t in texts], device=device)
@@ -114,6 +124,9 @@ def greedy_decode(
             step_ids = token[:, None]
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
             positions = positions[:, -1:] + 1
-        texts = tokenizer.batch_decode(generated, skip_special_tokens=True)
+        texts = tokenizer.batch_decode(
+            [row[:n] for row, n in zip(generated.tolist(), lengths.tolist(), strict=True)],
+            skip_special_tokens=True,
+        )
         out.extend(t.split(stop)[0] if stop else t for t in texts)
     return out

@@ -8,6 +8,7 @@ interface.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +24,9 @@ from cycleqd.scorers import Scorer
 from cycleqd.weights import WeightSpace
 
 __all__ = ["Evaluation", "Evaluator", "LocalEvaluator"]
+
+#: Process-wide: a version names one set of weights in one model, never reused.
+_WEIGHTS_VERSIONS = itertools.count(1)
 
 
 @dataclass
@@ -81,6 +85,9 @@ class LocalEvaluator:
         for i, genome in enumerate(genomes):
             try:
                 self.materializer.materialize(genome)
+                # scorers that share work across tasks (one decoding batch for every skill)
+                # know by this that the weights changed
+                self.model.cycleqd_weights_version = next(_WEIGHTS_VERSIONS)
                 for j, task in enumerate(self.tasks):
                     value = float(self.scorers[task](self.model, split))
                     if not (math.isfinite(value) and 0.0 <= value <= 1.0):

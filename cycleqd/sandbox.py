@@ -30,6 +30,7 @@ import shutil
 import subprocess
 import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -252,7 +253,7 @@ class Sandbox:
         sqlite: str | None = None,
         limits: Limits | None = None,
     ) -> list[SandboxResult]:
-        """Run a batch of problems of one kind in one worker.
+        """Run a batch of problems of one kind (a big batch split across the workers).
 
         Args:
             kind: ``"python"`` (``code``: an expression, or a function body taking ``args``,
@@ -270,10 +271,34 @@ class Sandbox:
         """
         if kind not in ("python", "sql", "shell"):
             raise CycleQDError(f"unknown sandbox kind {kind!r}; use python, sql or shell")
+        problems = list(problems)
+        shares = min(len(self._all), len(problems) // 8)  # a big batch runs on every worker
+        if shares > 1:
+            chunks = [problems[i::shares] for i in range(shares)]
+            with ThreadPoolExecutor(shares) as pool:
+                parts = list(
+                    pool.map(
+                        lambda chunk: self._run_one(kind, chunk, files, sqlite, limits), chunks
+                    )
+                )
+            results: list[SandboxResult] = [None] * len(problems)  # type: ignore[list-item]
+            for i, part in enumerate(parts):
+                results[i::shares] = part
+            return results
+        return self._run_one(kind, problems, files, sqlite, limits)
+
+    def _run_one(
+        self,
+        kind: str,
+        problems: list[dict[str, Any]],
+        files: dict[str, str] | None,
+        sqlite: str | None,
+        limits: Limits | None,
+    ) -> list[SandboxResult]:
         request = {
             "id": next(self._ids),
             "kind": kind,
-            "problems": list(problems),
+            "problems": problems,
             "files": files or {},
             "sqlite": sqlite,
             "limits": self._limits(limits),

@@ -10,9 +10,10 @@ A miniature of the paper's coding / database / OS tasks: a natural-language requ
   ``head``, ``find``, pipes); scored by comparing its output, run on a fresh copy, with the gold
   command's.
 
-Every split is generated from templates and a seed. Test problems use argument values that train
-and val never use (so a model cannot pass by memorising), and a held-out share of the
-template × argument combinations.
+Every split is generated from templates and a seed. Val and test requests are each a held-out
+fifth of the template × argument combinations, or use numbers train never contains (whose digits
+train covers in every position), so a model cannot pass by memorising; val is held out like test,
+so that choosing models on val rewards what test measures.
 """
 
 from __future__ import annotations
@@ -80,14 +81,21 @@ _REDUCTIONS = [  # (phrase, template over the selected list `S`)
 ]
 
 
-def _held_out(prompt: str) -> bool:
-    """Whether a request belongs to the test split: a fixed fifth of all requests, by hash."""
-    return int(hashlib.sha256(prompt.encode()).hexdigest()[:8], 16) % 5 == 0
+def _split_of(prompt: str) -> str:
+    """The split a request belongs to, by hash: a fifth each for val and test, the rest train.
+
+    Val is held out like test (not a sample of train's requests), so that choosing among
+    models on val rewards what test measures: requests never trained on.
+    """
+    bucket = int(hashlib.sha256(prompt.encode()).hexdigest()[:8], 16) % 5
+    return {0: "test", 1: "val"}.get(bucket, "train")
 
 
-def _values(split: str, pool: Iterable[int], held_out: set[int]) -> list[int]:
-    """Values of a split: test uses ``held_out`` only, train and val the rest of ``pool``."""
-    return sorted(held_out) if split == "test" else [v for v in pool if v not in held_out]
+def _values(split: str, pool: Iterable[int], held_out: dict[str, set[int]]) -> list[int]:
+    """Values of a split: val and test use their own ``held_out`` sets, train the rest."""
+    if split in held_out:
+        return sorted(held_out[split])
+    return [v for v in pool if not any(v in held for held in held_out.values())]
 
 
 def _code_problems(rng: random.Random, split: str, n: int) -> list[Problem]:
@@ -100,8 +108,8 @@ def _code_problems(rng: random.Random, split: str, n: int) -> list[Problem]:
         k = rng.randint(2, 9)
         phrase = red_phrase.format(sel=sel_phrase.format(k=k), k=k)
         prompt = f"Given a list xs, return {phrase}."
-        if _held_out(prompt) != (split == "test"):
-            continue  # test requests are (selection, reduction, k) combinations never trained on
+        if _split_of(prompt) != split:
+            continue  # val and test requests are (selection, reduction, k) never trained on
         selected = f"[v for v in xs if {condition.format(k=k)}]" if condition else "xs"
         cases = tuple(
             {"xs": [rng.randint(0, 40) for _ in range(rng.randint(5, 12))]} for _ in range(4)
@@ -185,8 +193,11 @@ _SQL = [
 ]
 
 
-#: Numbers test requests use and train / val never do: a model must copy them, not recall them.
-_UNSEEN = {"a": {33, 47, 52}, "s": {75000, 115000}}
+#: Numbers only val (or only test) requests use, never train: a model must copy, not recall them.
+_UNSEEN = {
+    "a": {"test": {33, 47, 52}, "val": {29, 41, 58}},
+    "s": {"test": {75000, 115000}, "val": {65000, 135000}},
+}
 
 
 def _draw(
@@ -197,11 +208,10 @@ def _draw(
 ) -> tuple[str, str]:
     """A ``(request, gold)`` of ``split`` from ``templates`` and argument ``slots``.
 
-    A request with a number of :data:`_UNSEEN` is a test request; any other is one when it
-    falls in the held-out fifth (:func:`_held_out`). So test requests are argument values or
-    template × argument combinations that train and val never contain.
+    A request with a number of :data:`_UNSEEN` belongs to the split the number is held out for;
+    any other to its hashed split (:func:`_split_of`). So val and test requests are values or
+    template × argument combinations that train never contains (and that each other do not).
     """
-    test = split == "test"
     while True:
         request, gold = rng.choice(templates)  # templates weigh the same in every split
         unseen = any("{" + name + "}" in request for name in _UNSEEN)
@@ -211,7 +221,7 @@ def _draw(
                 if name in values:
                     values[name] = rng.choice(_values(split, slots[name], held))
             prompt = request.format(**values)
-            if unseen or _held_out(prompt) == test:
+            if unseen or _split_of(prompt) == split:
                 return prompt, gold.format(**values)
 
 
@@ -391,23 +401,58 @@ class SkillAccuracy:
         skill: ``code``, ``sql`` or ``shell``.
         problems: problems per split.
         seed: generates the problems.
-        max_new_tokens: longest answer.
+        max_new_tokens: longest answer; default: the longest gold answer of the split (in the
+            model's tokens) plus 4, so that a rambling child stops as soon as it must be wrong.
     """
 
     def __init__(
-        self, *, skill: str, problems: int = 100, seed: int = 0, max_new_tokens: int = 48
+        self, *, skill: str, problems: int = 100, seed: int = 0, max_new_tokens: int | None = None
     ) -> None:
         self.skill, self.seed, self.max_new_tokens = skill, seed, max_new_tokens
         self.problems = {
             split: generate(skill, split, problems, seed=seed) for split in ("val", "test")
         }
         self._gold: dict[str, list[Any]] = {}
+        self._answers: dict[str, tuple[Any, list[str]]] = {}
 
-    def __call__(self, model: Any, split: str) -> float:
-        """Accuracy on ``split``."""
+    def _limit(self, tokenizer: Any, split: str) -> int:
+        if self.max_new_tokens:
+            return self.max_new_tokens
+        return 4 + max(len(tokenizer(" " + p.gold)["input_ids"]) for p in self.problems[split])
+
+    def _decode(self, model: Any, tokenizer: Any, split: str) -> list[str]:
+        """This scorer's completions for the model's current weights.
+
+        An evaluator that marks each new set of weights (``model.cycleqd_weights_version``) gets
+        every skill scorer's prompts decoded in one batch on the first scorer's call: one decoding
+        loop per candidate instead of one per skill. Results are the same either way.
+        """
         from cycleqd.decode import greedy_decode
         from cycleqd.tinylm import prompt_of
 
+        version = getattr(model, "cycleqd_weights_version", None)
+        peers: list[SkillAccuracy] = [self]
+        if version is not None:
+            peers = model.__dict__.setdefault("_cycleqd_skill_scorers", [])
+            if self not in peers:
+                peers.append(self)
+            cached = self._answers.get(split)
+            if cached is not None and cached[0] == version:
+                return cached[1]
+        prompts, limits, owners = [], [], []
+        for peer in peers:
+            problems = peer.problems[split]
+            prompts += [prompt_of(p.prompt) for p in problems]
+            limits += [peer._limit(tokenizer, split)] * len(problems)
+            owners += [peer] * len(problems)
+        answers = greedy_decode(model, tokenizer, prompts, max_new_tokens=limits, stop="\n")
+        for peer in peers:
+            mine = [a for a, o in zip(answers, owners, strict=True) if o is peer]
+            peer._answers[split] = (version, mine)
+        return self._answers[split][1]
+
+    def __call__(self, model: Any, split: str) -> float:
+        """Accuracy on ``split``."""
         tokenizer = getattr(model, "tokenizer", None)
         if tokenizer is None:
             raise CycleQDError(
@@ -416,13 +461,7 @@ class SkillAccuracy:
                 "files)"
             )
         problems = self.problems[split]
-        answers = greedy_decode(
-            model,
-            tokenizer,
-            [prompt_of(p.prompt) for p in problems],
-            max_new_tokens=self.max_new_tokens,
-            stop="\n",
-        )
+        answers = self._decode(model, tokenizer, split)
         sandbox = shared_sandbox()
         if split not in self._gold:
             self._gold[split] = gold_outputs(sandbox, problems)

@@ -55,6 +55,18 @@ def test_batched_decoding_equals_generate(model, tokenizer):
     assert ours == _generate_one_by_one(model, tokenizer, prompts, 12)
 
 
+def test_per_prompt_limits_equal_decoding_each_with_its_own(model, tokenizer):
+    prompts = [p.prompt for s in SKILLS for p in generate(s, "val", 2)]
+    limits = [3, 9, 1, 12, 5, 7]
+    together = greedy_decode(model, tokenizer, prompts, max_new_tokens=limits, stop=None)
+    alone = [
+        greedy_decode(model, tokenizer, [p], max_new_tokens=n, stop=None)[0]
+        for p, n in zip(prompts, limits, strict=True)
+    ]
+    assert together == alone
+    assert len({len(tokenizer(a)["input_ids"]) for a in together}) > 1
+
+
 def test_stop_string_ends_a_completion(model, tokenizer):
     prompts = [p.prompt for p in generate("sql", "val", 3)]
     full = greedy_decode(model, tokenizer, prompts, max_new_tokens=12, stop=None)

@@ -33,11 +33,13 @@ def test_splits_are_deterministic_and_test_requests_are_never_trained_on():
     assert generate("sql", "train", 30, seed=1) == generate("sql", "train", 30, seed=1)
     assert generate("sql", "train", 30, seed=1) != generate("sql", "train", 30, seed=2)
     for skill in SKILLS:
-        train = generate(skill, "train", 2000) + generate(skill, "val", 200)
-        test = generate(skill, "test", 200)
-        seen = {p.prompt for p in train}
-        assert not {p.prompt for p in test} & seen, skill  # no test request was trained on
-        assert len({p.prompt for p in test}) >= 15, skill  # and they are not a handful
+        train, val, test = (
+            {p.prompt for p in generate(skill, split, n)}
+            for split, n in (("train", 2000), ("val", 200), ("test", 200))
+        )
+        # no val or test request was trained on, and val does not leak test
+        assert not train & val and not train & test and not val & test, skill
+        assert len(val) >= 15 and len(test) >= 15, skill  # and they are not a handful
 
     def numbers(split, n):
         return {
@@ -49,6 +51,7 @@ def test_splits_are_deterministic_and_test_requests_are_never_trained_on():
 
     # ages and salaries in test requests are values train and val never contain
     assert numbers("test", 200) == {33, 47, 52, 75000, 115000}
+    assert numbers("val", 200) == {29, 41, 58, 65000, 135000}
     assert not numbers("test", 200) & (numbers("train", 2000) | numbers("val", 200))
     # ... while every digit k of a code request is trained on, in other combinations
     ks = {p.prompt for p in generate("code", "test", 200)}

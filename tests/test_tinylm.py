@@ -46,6 +46,33 @@ def test_skill_accuracy_scores_a_model_by_execution(micro):
         assert 0.0 <= value <= 1.0
 
 
+def test_skill_scorers_share_one_decoding_batch_and_score_the_same(micro):
+    from cycleqd import Genome, WeightSpace
+    from cycleqd.evaluator import LocalEvaluator
+
+    _, source, (base, experts) = micro
+    space = WeightSpace.from_paths(base=base, experts=experts)
+    alone = {s: SkillAccuracy(skill=s, problems=4, seed=5) for s in SKILLS}
+    shared = {s: SkillAccuracy(skill=s, problems=4, seed=5) for s in SKILLS}
+    evaluator = LocalEvaluator(space, PathsSource(base=base, experts=experts), shared)
+    genomes = [Genome.expert(space, 1), Genome.base(space)]
+    got = evaluator.evaluate(genomes, "val").scores
+    # one batch: after the first candidate every scorer holds answers for the same weights
+    assert len(evaluator.model._cycleqd_skill_scorers) == 3
+    assert len({s._answers["val"][0] for s in shared.values()}) == 1
+    model = PathsSource(base=base, experts=experts).make_model()  # no weights version: alone
+    from cycleqd.materialize import Materializer
+    from cycleqd.models import load_into
+
+    materializer = Materializer(space)
+    load_into(model, materializer.state_dict)
+    for i, genome in enumerate(genomes):
+        materializer.materialize(genome)
+        assert got[i].tolist() == [alone[s](model, "val") for s in SKILLS]
+    # the completions themselves (of the last genome) are the same, batched or not
+    assert all(alone[s]._answers["val"][1] == shared[s]._answers["val"][1] for s in SKILLS)
+
+
 def test_unknown_recipe_field_is_explained():
     with pytest.raises(Exception, match="tinylm source: .*hidden_size.*accepted: vocab_size"):
         TinyLMSource(hidden_size=3)
