@@ -49,6 +49,19 @@ def train_tokenizer(texts: Iterable[str], *, vocab_size: int = 512) -> Any:
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, padding_side="left", **SPECIAL)
 
 
+def _tokens_containing(tokenizer: Any, char: str, device: Any) -> torch.Tensor:
+    """Ids of the tokens whose text contains ``char`` (cached on the tokenizer).
+
+    A one-character stop string appears in a completion exactly when one of its tokens contains
+    it, so checking each new token replaces decoding every completion at every step.
+    """
+    cache = tokenizer.__dict__.setdefault("_cycleqd_tokens_containing", {})
+    if char not in cache:
+        texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+        cache[char] = torch.tensor([i for i, t in enumerate(texts) if char in t], dtype=torch.long)
+    return cache[char].to(device)
+
+
 @torch.no_grad()
 def greedy_decode(
     model: torch.nn.Module,
@@ -80,6 +93,7 @@ def greedy_decode(
     # transformers 5 renamed past_key_values to cache; older versions and other models differ
     cache_arg = "cache" if "cache" in accepted else "past_key_values"
     keep = {"logits_to_keep": 1} if "logits_to_keep" in accepted else {}
+    stop_ids = _tokens_containing(tokenizer, stop, device) if stop and len(stop) == 1 else None
     out: list[str] = []
     for start in range(0, len(prompts), batch_size):
         chunk = list(prompts[start : start + batch_size])
@@ -116,7 +130,9 @@ def greedy_decode(
             if eos is not None:
                 done |= token == eos
             done |= lengths >= limits
-            if stop is not None:
+            if stop_ids is not None:
+                done |= torch.isin(token, stop_ids)
+            elif stop is not None:
                 texts = tokenizer.batch_decode(generated, skip_special_tokens=True)
                 done |= torch.tensor([stop in t for t in texts], device=device)
             if bool(done.all()):

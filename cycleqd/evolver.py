@@ -35,6 +35,9 @@ __all__ = ["Evolver", "GenerationReport", "softmax"]
 
 #: Softmax temperatures tried by ``final.method: validation`` (``0`` means the best elite alone).
 VALIDATION_TEMPERATURES = (1.0, 0.3, 0.1, 0.03, 0.0)
+#: Sizes of the uniform "soups" of the best-average elites that ``validation`` also tries:
+#: averaging elites that are good at every task lowers the variance that choosing on val adds.
+SOUP_SIZES = (2, 3, 5, 8)
 
 
 def softmax(values: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -277,6 +280,16 @@ class Evolver:
         i = int(np.argmax(scores.mean(axis=1)))
         return int(data["elite"][i]), float(scores[i].mean())
 
+    def _ranked_by_average(self) -> list[tuple[int, float]]:
+        """Every elite of every archive once, by validation average over all tasks, best first."""
+        assert self.archives is not None
+        averages: dict[int, float] = {}
+        for k in range(len(self.tasks)):
+            data = self.archives.elites(k)
+            scores = np.insert(data["measures"], k, data["objective"], axis=1).mean(axis=1)
+            averages |= {int(e): float(a) for e, a in zip(data["elite"], scores, strict=True)}
+        return sorted(averages.items(), key=lambda item: (-item[1], item[0]))
+
     def final_genome(self) -> tuple[Genome, dict[str, Any]]:
         """The final model and how it was chosen.
 
@@ -284,7 +297,8 @@ class Evolver:
         ``β = softmax`` of their qualities. ``validation``: the best validation average among
         that merge at several softmax temperatures (temperature 0: the single best elite), and the
         same merges of each archive's best-average elite (the archives hold elites good at every
-        task, not only at their own; their scores are already known).
+        task, not only at their own; their scores are already known), and uniform soups of the
+        2, 3, 5 and 8 elites with the best validation averages over all archives.
         """
         assert self.archives is not None
         K = len(self.tasks)
@@ -313,6 +327,28 @@ class Evolver:
                         "genome": genome,
                         "beta": dict(zip(self.tasks, beta.tolist(), strict=True)),
                         "elites": {t: p.id for t, p in zip(self.tasks, parents, strict=True)},
+                    }
+                )
+        if self.cfg.final.method == "validation":
+            ranked = self._ranked_by_average()
+            for m in SOUP_SIZES:
+                if len(ranked) < m:
+                    break
+                parents = [self.genome(e) for e, _ in ranked[:m]]
+                genome = Genome.weighted_sum(
+                    parents,
+                    torch.full((m,), 1.0 / m),
+                    op="final",
+                    soup=m,
+                    parent_ids=[p.id for p in parents],
+                )
+                candidates.append(
+                    {
+                        "pool": f"soup_{m}",
+                        "temperature": None,
+                        "genome": genome,
+                        "beta": [1.0 / m] * m,
+                        "elites": [p.id for p in parents],
                     }
                 )
         if len(candidates) > 1:

@@ -120,7 +120,20 @@ def _code_problems(rng: random.Random, split: str, n: int) -> list[Problem]:
 
 # --- sql -------------------------------------------------------------------------------------
 
-DEPARTMENTS = ["sales", "research", "support", "legal", "design", "finance", "ops", "hr"]
+DEPARTMENTS = [
+    "sales",
+    "research",
+    "support",
+    "legal",
+    "design",
+    "finance",
+    "ops",
+    "hr",
+    "media",
+    "security",
+    "logistics",
+    "quality",
+]
 SCHEMA = """
 CREATE TABLE departments(id INTEGER PRIMARY KEY, name TEXT, floor INTEGER);
 CREATE TABLE employees(id INTEGER PRIMARY KEY, name TEXT, dept_id INTEGER, salary INTEGER,
@@ -135,14 +148,14 @@ def sql_database(seed: int = 0) -> str:
     lines = [SCHEMA]
     for i, name in enumerate(DEPARTMENTS, 1):
         lines.append(f"INSERT INTO departments VALUES ({i}, '{name}', {rng.randint(1, 5)});")
-    for i in range(1, 61):
+    for i in range(1, 91):
         lines.append(
-            f"INSERT INTO employees VALUES ({i}, 'emp{i}', {rng.randint(1, 8)}, "
+            f"INSERT INTO employees VALUES ({i}, 'emp{i}', {rng.randint(1, len(DEPARTMENTS))}, "
             f"{rng.randrange(30, 150) * 1000}, {rng.randint(20, 64)});"
         )
-    for i in range(1, 25):
+    for i in range(1, 37):
         lines.append(
-            f"INSERT INTO projects VALUES ({i}, 'proj{i}', {rng.randint(1, 8)}, "
+            f"INSERT INTO projects VALUES ({i}, 'proj{i}', {rng.randint(1, len(DEPARTMENTS))}, "
             f"{rng.randrange(10, 500) * 1000});"
         )
     return "\n".join(lines)
@@ -195,8 +208,8 @@ _SQL = [
 
 #: Numbers only val (or only test) requests use, never train: a model must copy, not recall them.
 _UNSEEN = {
-    "a": {"test": {33, 47, 52}, "val": {29, 41, 58}},
-    "s": {"test": {75000, 115000}, "val": {65000, 135000}},
+    "a": {"test": {23, 33, 47, 52, 61}, "val": {29, 38, 41, 56, 64}},
+    "s": {"test": {75000, 85000, 115000}, "val": {65000, 95000, 135000}},
 }
 
 
@@ -239,7 +252,8 @@ def _sql_problems(rng: random.Random, split: str, n: int) -> list[Problem]:
 # --- shell -----------------------------------------------------------------------------------
 
 
-PROJECTS = ["alpha", "beta", "gamma", "delta", "omega"]
+PROJECTS = ["alpha", "beta", "gamma", "delta", "omega", "sigma", "kappa", "theta"]
+LEVELS = ["INFO", "WARN", "ERROR", "DEBUG"]
 
 
 def shell_fixture() -> dict[str, str]:
@@ -255,8 +269,7 @@ def shell_fixture() -> dict[str, str]:
         files[f"{project}/README.md"] = f"# {project}\nnotes for {project}\n"
         files[f"{project}/data.csv"] = "\n".join(f"{project},{v}" for v in range(5)) + "\n"
     files["logs/app.log"] = (
-        "\n".join(f"{lvl} event {i}" for i, lvl in enumerate(["INFO", "WARN", "ERROR", "INFO"] * 3))
-        + "\n"
+        "\n".join(f"{lvl} event {i}" for i, lvl in enumerate([*LEVELS, "INFO", "WARN"] * 3)) + "\n"
     )
     return files
 
@@ -282,7 +295,7 @@ def _shell_problems(rng: random.Random, split: str, n: int) -> list[Problem]:
     slots = {
         "p": PROJECTS,
         "i": range(4),
-        "w": ["INFO", "WARN", "ERROR"],
+        "w": LEVELS,
         "n": range(1, 10),
         "v": range(5),
     }
@@ -399,18 +412,27 @@ class SkillAccuracy:
 
     Args:
         skill: ``code``, ``sql`` or ``shell``.
-        problems: problems per split.
+        problems: val problems (the evolution scores every candidate on these).
+        test_problems: test problems (scored only for the final report; more of them cost
+            little and make the report more precise); default: ``problems``.
         seed: generates the problems.
         max_new_tokens: longest answer; default: the longest gold answer of the split (in the
             model's tokens) plus 4, so that a rambling child stops as soon as it must be wrong.
     """
 
     def __init__(
-        self, *, skill: str, problems: int = 100, seed: int = 0, max_new_tokens: int | None = None
+        self,
+        *,
+        skill: str,
+        problems: int = 100,
+        test_problems: int | None = None,
+        seed: int = 0,
+        max_new_tokens: int | None = None,
     ) -> None:
         self.skill, self.seed, self.max_new_tokens = skill, seed, max_new_tokens
         self.problems = {
-            split: generate(skill, split, problems, seed=seed) for split in ("val", "test")
+            "val": generate(skill, "val", problems, seed=seed),
+            "test": generate(skill, "test", test_problems or problems, seed=seed),
         }
         self._gold: dict[str, list[Any]] = {}
         self._answers: dict[str, tuple[Any, list[str]]] = {}

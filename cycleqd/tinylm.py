@@ -28,6 +28,10 @@ from cycleqd.skills import SKILLS, generate
 __all__ = ["TinyLMRecipe", "build", "format_example", "generic_text", "prompt_of"]
 
 
+#: Bump when the training procedure changes in a way the recipe and the data do not show.
+BUILD_VERSION = 1
+
+
 @dataclass(frozen=True)
 class TinyLMRecipe:
     """Model size and training schedule of the embedded experts."""
@@ -80,8 +84,23 @@ class TinyLMRecipe:
         )
 
     def key(self) -> str:
-        """Hash of the recipe (the cache key)."""
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+        """The cache key: a hash of the recipe and of the data it trains on.
+
+        The data is hashed too, so that a change to the skills' generators (templates, held-out
+        values, the database, the fixture) or to the generic text never reuses stale experts.
+        """
+        digest = hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode())
+        digest.update(f"build {BUILD_VERSION}".encode())
+        for skill in SKILLS:
+            for prompt, answer in _skill_examples(skill, self):
+                digest.update(f"{prompt}\x00{answer}\x00".encode())
+        for text in generic_text("train"):
+            digest.update(text.encode())
+        from cycleqd.skills import shell_fixture, sql_database
+
+        digest.update(sql_database().encode())
+        digest.update(json.dumps(shell_fixture(), sort_keys=True).encode())
+        return digest.hexdigest()[:12]
 
 
 def prompt_of(prompt: str) -> str:

@@ -75,6 +75,16 @@ def test_stop_string_ends_a_completion(model, tokenizer):
     assert stopped[0] == full[0].split(cut_at)[0]
 
 
+@pytest.mark.parametrize("char", [" ", "e", "\n"])
+def test_a_one_character_stop_checked_per_token_cuts_where_the_text_does(model, tokenizer, char):
+    prompts = [p.prompt for s in SKILLS for p in generate(s, "val", 3)]
+    full = greedy_decode(model, tokenizer, prompts, max_new_tokens=10, stop=None)
+    cut = greedy_decode(model, tokenizer, prompts, max_new_tokens=10, stop=char)
+    assert cut == [t.split(char)[0] for t in full]
+    if char != "\n":
+        assert any(char in t for t in full)  # the stop is exercised
+
+
 def test_tokenizer_round_trips_through_save_and_autotokenizer(tokenizer, tmp_path):
     from transformers import AutoTokenizer
 

@@ -117,6 +117,28 @@ def test_final_merge_is_softmax_of_best_elites(tmp_path, digits_cache):
         torch.testing.assert_close(got[name], want, atol=1e-5, rtol=1e-5)
 
 
+def test_validation_final_is_the_best_candidate_on_val_soups_included(tmp_path, digits_cache):
+    cfg = load_config(
+        digits_yaml(tmp_path / "v.yaml", digits_cache, generations=6), ["final.method=validation"]
+    )
+    store = RunStore.create(tmp_path / "validation", cfg)
+    evolver = Evolver(cfg, store)
+    evolver.run()
+    info = store.read_json("final.json")
+    pools = {c["pool"] for c in info["candidates"]}
+    assert {"best_quality", "best_average", "soup_2", "soup_3"} <= pools
+    best = max(c["val_average"] for c in info["candidates"])
+    assert info["val_average"] == best
+    # a soup is the uniform average of the elites with the best validation averages
+    ranked = evolver._ranked_by_average()
+    soup = [c for c in info["candidates"] if c["pool"] == "soup_3"][0]
+    assert soup["beta"] == pytest.approx([1 / 3] * 3)
+    averages = [a for _, a in ranked]
+    assert averages == sorted(averages, reverse=True) and len(set(dict(ranked))) == len(ranked)
+    top3 = Genome.weighted_sum([evolver.genome(e) for e, _ in ranked[:3]], torch.full((3,), 1 / 3))
+    assert evolver._average(top3, "val")[0] == pytest.approx(soup["val_average"])
+
+
 def test_resume_after_sigkill_gives_identical_archives(tmp_path, digits_cache):
     config = digits_yaml(tmp_path / "kill.yaml", digits_cache, generations=30)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

@@ -50,8 +50,8 @@ def test_splits_are_deterministic_and_test_requests_are_never_trained_on():
         }
 
     # ages and salaries in test requests are values train and val never contain
-    assert numbers("test", 200) == {33, 47, 52, 75000, 115000}
-    assert numbers("val", 200) == {29, 41, 58, 65000, 135000}
+    assert numbers("test", 200) == {23, 33, 47, 52, 61, 75000, 85000, 115000}
+    assert numbers("val", 200) == {29, 38, 41, 56, 64, 65000, 95000, 135000}
     assert not numbers("test", 200) & (numbers("train", 2000) | numbers("val", 200))
     # ... while every digit k of a code request is trained on, in other combinations
     ks = {p.prompt for p in generate("code", "test", 200)}

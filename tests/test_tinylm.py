@@ -42,8 +42,11 @@ def test_skill_accuracy_scores_a_model_by_execution(micro):
     model = PathsSource(base=base, experts=experts).make_model()
     assert model.tokenizer is not None
     for skill in ("code", "sql", "shell"):
-        value = SkillAccuracy(skill=skill, problems=4)(model, "val")
-        assert 0.0 <= value <= 1.0
+        scorer = SkillAccuracy(skill=skill, problems=4, test_problems=6)
+        assert [len(scorer.problems[s]) for s in ("val", "test")] == [4, 6]
+        for split in ("val", "test"):
+            value = scorer(model, split)
+            assert value in {i / len(scorer.problems[split]) for i in range(7)}
 
 
 def test_skill_scorers_share_one_decoding_batch_and_score_the_same(micro):
