@@ -9,7 +9,10 @@ bits per byte; the score is ``2 ** -bits_per_byte``, the geometric mean probabil
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -84,19 +87,30 @@ class LanguageRetention:
         if split not in self.documents:
             raise CycleQDError(f"unknown split {split!r}; use val or test")
         os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-        lm = HFLM(
-            pretrained=model,
-            tokenizer=tokenizer,
-            batch_size=self.batch_size,
-            max_length=self.max_length,
-        )
-        manager = TaskManager(include_path=str(self._dir))
-        results = lm_eval.simple_evaluate(
-            model=lm,
-            tasks=[f"{TASK}_{split}"],
-            task_manager=manager,
-            verbosity="ERROR",
-            log_samples=False,
-        )
+        # lm-eval and datasets report progress and warnings on stderr for every call: a scorer
+        # that runs once per model would bury the run's own display; errors still raise
+        quiet = logging.getLogger("lm_eval"), logging.getLogger("lm-eval")
+        levels = [q.level for q in quiet]
+        try:
+            for q in quiet:
+                q.setLevel(logging.ERROR)
+            with contextlib.redirect_stderr(io.StringIO()):
+                lm = HFLM(
+                    pretrained=model,
+                    tokenizer=tokenizer,
+                    batch_size=self.batch_size,
+                    max_length=self.max_length,
+                )
+                manager = TaskManager(include_path=str(self._dir))
+                results = lm_eval.simple_evaluate(
+                    model=lm,
+                    tasks=[f"{TASK}_{split}"],
+                    task_manager=manager,
+                    verbosity="ERROR",
+                    log_samples=False,
+                )
+        finally:
+            for q, level in zip(quiet, levels, strict=True):
+                q.setLevel(level)
         bits_per_byte = results["results"][f"{TASK}_{split}"]["bits_per_byte,none"]
         return float(2.0**-bits_per_byte)
