@@ -130,6 +130,28 @@ class EvolutionConfig(_Strict):
     cycle: bool = True
 
 
+class EvaluationConfig(_Strict):
+    """Where candidates are scored.
+
+    Attributes:
+        backend: ``local`` (in this process) or ``ray`` (one Ray actor per worker; each loads
+            the weights once, candidates travel as genomes).
+        workers: Ray actors.
+        cpus_per_worker: CPUs Ray reserves per actor.
+        gpus_per_worker: GPUs per actor (fractions share a GPU).
+        address: a Ray cluster to attach to (``auto``, ``ray://host:port``); unset: a local
+            runtime.
+        max_retries: retries of a candidate whose worker died.
+    """
+
+    backend: Literal["local", "ray"] = "local"
+    workers: int = Field(2, ge=1)
+    cpus_per_worker: float = Field(1.0, ge=0)
+    gpus_per_worker: float = Field(0.0, ge=0)
+    address: str | None = None
+    max_retries: int = Field(2, ge=0)
+
+
 class ReportMetric(_Strict):
     """A metric reported for every model in ``summary.json`` but not evolved on.
 
@@ -186,6 +208,7 @@ class RunConfig(_Strict):
         models: base and experts.
         tasks: two or more tasks, one archive each.
         evolution: the loop.
+        evaluation: where candidates are scored (in process, or on Ray).
         final: the final model and report.
     """
 
@@ -195,6 +218,7 @@ class RunConfig(_Strict):
     models: ModelsConfig
     tasks: list[TaskConfig]
     evolution: EvolutionConfig = EvolutionConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
     final: FinalConfig = FinalConfig()
 
     @field_validator("tasks")

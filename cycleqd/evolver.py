@@ -88,6 +88,18 @@ class Evolver:
         self.source: ModelSource
         self.source, self.space = load_models(config)
         scorers = {t.name: SCORERS.build(t.scorer, **t.params) for t in config.tasks}
+        if evaluator is None and config.evaluation.backend == "ray":
+            from cycleqd.ray_evaluator import RayEvaluator
+
+            e = config.evaluation
+            evaluator = RayEvaluator(
+                config,
+                workers=e.workers,
+                cpus_per_worker=e.cpus_per_worker,
+                gpus_per_worker=e.gpus_per_worker,
+                address=e.address,
+                max_retries=e.max_retries,
+            )
         self.evaluator = evaluator or LocalEvaluator(self.space, self.source, scorers)
         self.materializer: Materializer = getattr(self.evaluator, "materializer", None) or (
             Materializer(self.space)
@@ -224,16 +236,18 @@ class Evolver:
                     entered=[self.tasks[j] for j in entered],
                 )
             self.store.append("events.jsonl", record)
+        for reason in getattr(self.evaluator, "drain_retries", list)():
+            self.store.append("events.jsonl", {"event": "retry", "generation": g, "reason": reason})
         stats = self.archives.stats()
-        self.store.append(
-            "metrics.jsonl",
-            {
-                "generation": g,
-                "active": self.tasks[k],
-                "evaluations": self.evaluations,
-                "archives": stats,
-            },
-        )
+        metrics = {
+            "generation": g,
+            "active": self.tasks[k],
+            "evaluations": self.evaluations,
+            "archives": stats,
+        }
+        if hasattr(self.evaluator, "bytes_per_candidate"):  # what a distributed evaluator sends
+            metrics["bytes_per_candidate"] = self.evaluator.bytes_per_candidate
+        self.store.append("metrics.jsonl", metrics)
         self.generation += 1
         self.store.write_checkpoint(self._state())
         report = GenerationReport(
