@@ -111,7 +111,6 @@ def greedy_decode(
         generated = torch.empty(len(chunk), 0, dtype=torch.long, device=device)
         done = torch.zeros(len(chunk), dtype=torch.bool, device=device)
         lengths = torch.zeros(len(chunk), dtype=torch.long, device=device)
-        texts = [""] * len(chunk)
         step_ids = ids
         for _ in range(int(limits.max())):
             logits = model(

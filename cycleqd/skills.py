@@ -436,11 +436,15 @@ class SkillAccuracy:
         }
         self._gold: dict[str, list[Any]] = {}
         self._answers: dict[str, tuple[Any, list[str]]] = {}
+        self._limits: dict[str, int] = {}
 
     def _limit(self, tokenizer: Any, split: str) -> int:
         if self.max_new_tokens:
             return self.max_new_tokens
-        return 4 + max(len(tokenizer(" " + p.gold)["input_ids"]) for p in self.problems[split])
+        if split not in self._limits:  # the golds do not change: tokenise them once
+            golds = [" " + p.gold for p in self.problems[split]]
+            self._limits[split] = 4 + max(len(ids) for ids in tokenizer(golds)["input_ids"])
+        return self._limits[split]
 
     def _decode(self, model: Any, tokenizer: Any, split: str) -> list[str]:
         """This scorer's completions for the model's current weights.

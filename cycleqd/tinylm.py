@@ -12,6 +12,7 @@ trainer framework, deterministic from a seed, cached by the recipe's hash.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import random
@@ -96,7 +97,7 @@ class TinyLMRecipe:
         digest = hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode())
         digest.update(f"build {BUILD_VERSION}".encode())
         for skill in SKILLS:
-            for prompt, answer in _skill_examples(skill, self):
+            for prompt, answer in _skill_examples(skill, self.train_problems, self.seed):
                 digest.update(f"{prompt}\x00{answer}\x00".encode())
         for text in generic_text("train"):
             digest.update(text.encode())
@@ -204,11 +205,13 @@ def _train(
     model.eval()
 
 
-def _skill_examples(skill: str, recipe: TinyLMRecipe) -> list[tuple[str, str]]:
-    return [
+@functools.cache
+def _skill_examples(skill: str, train_problems: int, seed: int) -> tuple[tuple[str, str], ...]:
+    """A skill's training examples (cached: the cache key and the build both read them)."""
+    return tuple(
         format_example(p.prompt, p.gold)
-        for p in generate(skill, "train", recipe.train_problems, seed=recipe.seed)
-    ]
+        for p in generate(skill, "train", train_problems, seed=seed)
+    )
 
 
 def build(cache_dir: Path, recipe: TinyLMRecipe | None = None) -> tuple[Path, dict[str, Path]]:
@@ -254,7 +257,7 @@ def _build(root: Path, recipe: TinyLMRecipe) -> None:
     from cycleqd.decode import train_tokenizer
 
     paths = {s: root / f"expert-{s}" for s in SKILLS}
-    skill_text = {s: _skill_examples(s, recipe) for s in SKILLS}
+    skill_text = {s: _skill_examples(s, recipe.train_problems, recipe.seed) for s in SKILLS}
     generic = generic_text("train")
     corpus = generic + [p + a for pairs in skill_text.values() for p, a in pairs[:1000]]
     tokenizer = train_tokenizer(corpus, vocab_size=recipe.vocab_size)
