@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import ray
 import torch
 from conftest import digits_yaml
 
@@ -13,8 +14,6 @@ from cycleqd import Genome, load_config
 from cycleqd.evaluator import LocalEvaluator
 from cycleqd.models import load_models
 from cycleqd.scorers import SCORERS
-
-ray = pytest.importorskip("ray")
 
 
 @pytest.fixture(scope="module")
