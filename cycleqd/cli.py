@@ -67,6 +67,14 @@ def evolve(
         list[str] | None,
         typer.Option("--set", help="Override a config value: key.sub=value (repeatable)."),
     ] = None,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            "--ray-address",
+            help="Score candidates on Ray workers of this cluster: 'auto' (the one `ray start` "
+            "started here), 'ray://host:port' or the head's host:port.",
+        ),
+    ] = None,
 ) -> None:
     """Run CycleQD: seed the archives with the experts, evolve, report on the test split."""
     from cycleqd.config import ConfigError, load_config
@@ -101,8 +109,12 @@ def evolve(
                     f"{run_dir} has no checkpoint: the run never finished seeding; "
                     "remove the folder and start again"
                 )
+            if ray_address:  # where it runs may change, not how: the schedule stays
+                cfg = _on_ray(cfg, ray_address, keep_schedule=True)
         else:
             cfg = load_config(config, overrides or [])
+            if ray_address:
+                cfg = _on_ray(cfg, ray_address, keep_schedule=False)
             cfg.check_names()
             root = run_dir or Path("archives") / cfg.name
             existed = root.exists()
@@ -120,6 +132,15 @@ def evolve(
         _fail(exc)
     console.print(_summary_table(summary))
     console.print(f"run folder: {store.root}")
+
+
+def _on_ray(cfg: Any, address: str, *, keep_schedule: bool) -> Any:
+    """``cfg`` scored on the Ray cluster at ``address``."""
+    e = cfg.evaluation
+    update: dict[str, Any] = {"backend": "ray", "address": address}
+    if keep_schedule and e.schedule == "auto":
+        update["schedule"] = "steady" if e.steady else "generations"
+    return cfg.model_copy(update={"evaluation": e.model_copy(update=update)})
 
 
 def _evolve(cfg: Any, store: Any, resume: bool) -> dict[str, Any]:

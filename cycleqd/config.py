@@ -131,7 +131,7 @@ class EvolutionConfig(_Strict):
 
 
 class EvaluationConfig(_Strict):
-    """Where candidates are scored.
+    """Where candidates are scored, and how the loop waits for them.
 
     Attributes:
         backend: ``local`` (in this process) or ``ray`` (one Ray actor per worker; each loads
@@ -142,6 +142,17 @@ class EvaluationConfig(_Strict):
         address: a Ray cluster to attach to (``auto``, ``ray://host:port``); unset: a local
             runtime.
         max_retries: retries of a candidate whose worker died.
+        timeout_s: a candidate's time limit; past it the candidate is recorded as failed
+            (on Ray its worker is replaced). Unset: no limit.
+        schedule: ``generations`` (a batch of ``batch_size`` children, evaluated, then the
+            next), ``steady`` (asynchronous MAP-Elites: a new child is made and dispatched as
+            soon as one comes back, and the active task advances per child) or ``auto``
+            (``steady`` on Ray, ``generations`` in-process).
+        in_flight: children out for evaluation at once in the steady schedule; default:
+            ``workers + 1`` on Ray (a worker never waits for the driver), 1 in-process.
+        ordered: the steady schedule inserts children in the order they were made (waiting for
+            a slow one): the run is deterministic, whatever the number of workers, and a
+            resumed run ends as an uninterrupted one. Unordered inserts each as it comes back.
     """
 
     backend: Literal["local", "ray"] = "local"
@@ -150,6 +161,22 @@ class EvaluationConfig(_Strict):
     gpus_per_worker: float = Field(0.0, ge=0)
     address: str | None = None
     max_retries: int = Field(2, ge=0)
+    timeout_s: float | None = Field(None, gt=0)
+    schedule: Literal["auto", "generations", "steady"] = "auto"
+    in_flight: int | None = Field(None, ge=1)
+    ordered: bool = False
+
+    @property
+    def steady(self) -> bool:
+        """Whether the run uses the steady-state schedule."""
+        return self.schedule == "steady" or (self.schedule == "auto" and self.backend == "ray")
+
+    @property
+    def max_in_flight(self) -> int:
+        """Children out at once in the steady schedule."""
+        if self.in_flight is not None:
+            return self.in_flight
+        return self.workers + 1 if self.backend == "ray" else 1
 
 
 class ReportMetric(_Strict):

@@ -2,15 +2,22 @@
 
 An evaluator holds the weight space and a resident model once; for each genome it materialises
 the child into the model's weights in place and runs every task's scorer. :class:`LocalEvaluator`
-does this in-process; a Ray-backed evaluator (one actor per worker slot) implements the same
-interface.
+does this in-process; :class:`cycleqd.ray_evaluator.RayEvaluator` (one Ray actor per worker slot)
+implements the same interface.
+
+Two ways in: :meth:`Evaluator.evaluate` scores a batch and returns it in order (the generational
+loop, the report); :meth:`Evaluator.submit` queues one candidate and :meth:`Evaluator.collect`
+returns candidates as they finish (the steady-state loop keeps every worker busy with them).
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
-from collections.abc import Mapping, Sequence
+import signal
+import threading
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -23,7 +30,7 @@ from cycleqd.models import ModelSource, load_into
 from cycleqd.scorers import Scorer
 from cycleqd.weights import WeightSpace
 
-__all__ = ["Evaluation", "Evaluator", "LocalEvaluator"]
+__all__ = ["Evaluation", "Evaluator", "LocalEvaluator", "Outcome"]
 
 #: Process-wide: a version names one set of weights in one model, never reused.
 _WEIGHTS_VERSIONS = itertools.count(1)
@@ -42,6 +49,21 @@ class Evaluation:
     errors: list[str | None] = field(default_factory=list)
 
 
+@dataclass
+class Outcome:
+    """One submitted candidate, finished.
+
+    Attributes:
+        ticket: what :meth:`Evaluator.submit` returned for it.
+        scores: ``[K]``; NaN when it failed.
+        error: why it failed (``None`` when it did not).
+    """
+
+    ticket: int
+    scores: np.ndarray
+    error: str | None
+
+
 class Evaluator(Protocol):
     """Scores genomes on every task."""
 
@@ -49,6 +71,15 @@ class Evaluator(Protocol):
 
     def evaluate(self, genomes: Sequence[Genome], split: str = "val") -> Evaluation:
         """Scores of ``genomes`` on every task's ``split``."""
+
+    def submit(self, genome: Genome, split: str = "val") -> int:
+        """Queue one candidate; returns its ticket."""
+
+    def collect(self) -> list[Outcome]:
+        """Wait until at least one submitted candidate finishes; return every finished one.
+
+        Returns an empty list only when nothing is submitted.
+        """
 
     def close(self) -> None:
         """Release workers and memory."""
@@ -62,6 +93,8 @@ class LocalEvaluator:
         source: builds the model architecture.
         scorers: task name → scorer, in task order.
         materializer: reuse an existing materialiser (and its memory); default: a new one.
+        timeout_s: a candidate that takes longer fails with the reason (needs this process's
+            main thread, where ``SIGALRM`` can interrupt a scorer); ``None``: no limit.
     """
 
     def __init__(
@@ -71,12 +104,16 @@ class LocalEvaluator:
         scorers: Mapping[str, Scorer],
         *,
         materializer: Materializer | None = None,
+        timeout_s: float | None = None,
     ) -> None:
         self.tasks = list(scorers)
         self.scorers = dict(scorers)
+        self.timeout_s = timeout_s
         self.materializer = materializer or Materializer(space)
         self.model = load_into(source.make_model(), self.materializer.state_dict)
         self.model.to(space.device)
+        self._queue: list[tuple[int, Genome, str]] = []
+        self._tickets = itertools.count()
 
     def evaluate(self, genomes: Sequence[Genome], split: str = "val") -> Evaluation:
         """Scores of ``genomes``; a child that fails to materialise or score gets a NaN row."""
@@ -84,22 +121,61 @@ class LocalEvaluator:
         errors: list[str | None] = []
         for i, genome in enumerate(genomes):
             try:
-                self.materializer.materialize(genome)
-                # scorers that share work across tasks (one decoding batch for every skill)
-                # know by this that the weights changed
-                self.model.cycleqd_weights_version = next(_WEIGHTS_VERSIONS)
-                for j, task in enumerate(self.tasks):
-                    value = float(self.scorers[task](self.model, split))
-                    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
-                        raise CycleQDError(
-                            f"scorer of task {task!r} returned {value}, outside [0, 1]"
-                        )
-                    scores[i, j] = value
+                with _time_limit(self.timeout_s):
+                    self._score(genome, split, scores[i])
                 errors.append(None)
             except Exception as exc:  # a candidate's failure must not end the run
                 scores[i] = np.nan
                 errors.append(f"{type(exc).__name__}: {exc}")
         return Evaluation(scores, errors)
 
+    def _score(self, genome: Genome, split: str, out: np.ndarray) -> None:
+        self.materializer.materialize(genome)
+        # scorers that share work across tasks (one decoding batch for every skill) know by
+        # this that the weights changed
+        self.model.cycleqd_weights_version = next(_WEIGHTS_VERSIONS)
+        for j, task in enumerate(self.tasks):
+            value = float(self.scorers[task](self.model, split))
+            if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+                raise CycleQDError(f"scorer of task {task!r} returned {value}, outside [0, 1]")
+            out[j] = value
+
+    def submit(self, genome: Genome, split: str = "val") -> int:
+        """Queue ``genome``; :meth:`collect` scores it (in-process work happens there)."""
+        ticket = next(self._tickets)
+        self._queue.append((ticket, genome, split))
+        return ticket
+
+    def collect(self) -> list[Outcome]:
+        """Score the oldest queued candidate and return it (``[]`` when none is queued)."""
+        if not self._queue:
+            return []
+        ticket, genome, split = self._queue.pop(0)
+        result = self.evaluate([genome], split)
+        return [Outcome(ticket, result.scores[0], result.errors[0])]
+
     def close(self) -> None:
         """Nothing to release in-process."""
+
+
+class CandidateTimeout(Exception):
+    """A candidate ran past its time limit."""
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float | None) -> Iterator[None]:
+    """Raise :class:`CandidateTimeout` in the block after ``seconds`` (main thread only)."""
+    if seconds is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum: int, frame: object) -> None:
+        raise CandidateTimeout(f"exceeded the time limit of {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)

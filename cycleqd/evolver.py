@@ -8,10 +8,18 @@ the base, the experts and the best task-arithmetic merge.
 
 All randomness comes from one generator whose state is checkpointed with the archives after every
 generation, so a run resumed after a crash ends exactly as an uninterrupted one.
+
+The steady-state schedule (``evaluation.schedule: steady``, the default on Ray) is asynchronous
+MAP-Elites: up to ``in_flight`` children are out at once; when one comes back it is offered to
+the archives and a new child is made from the current archives and dispatched. The active task
+advances per child made, so the K tasks still take turns. Every ``batch_size`` children that come
+back count as a generation (logged, checkpointed with the children still out, which a resumed run
+dispatches again).
 """
 
 from __future__ import annotations
 
+import base64
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,7 +31,7 @@ import torch
 from cycleqd.archive import Archives, derive_ranges
 from cycleqd.config import ConfigError, RunConfig
 from cycleqd.errors import CycleQDError
-from cycleqd.evaluator import Evaluator, LocalEvaluator
+from cycleqd.evaluator import Evaluator, LocalEvaluator, Outcome
 from cycleqd.genome import Genome
 from cycleqd.materialize import Materializer
 from cycleqd.models import ModelSource, load_models
@@ -88,10 +96,11 @@ class Evolver:
         self.source: ModelSource
         self.source, self.space = load_models(config)
         scorers = {t.name: SCORERS.build(t.scorer, **t.params) for t in config.tasks}
-        if evaluator is None and config.evaluation.backend == "ray":
+        e = config.evaluation
+        self._owns_evaluator = evaluator is None
+        if evaluator is None and e.backend == "ray":
             from cycleqd.ray_evaluator import RayEvaluator
 
-            e = config.evaluation
             evaluator = RayEvaluator(
                 config,
                 workers=e.workers,
@@ -99,8 +108,11 @@ class Evolver:
                 gpus_per_worker=e.gpus_per_worker,
                 address=e.address,
                 max_retries=e.max_retries,
+                timeout_s=e.timeout_s,
             )
-        self.evaluator = evaluator or LocalEvaluator(self.space, self.source, scorers)
+        self.evaluator = evaluator or LocalEvaluator(
+            self.space, self.source, scorers, timeout_s=e.timeout_s
+        )
         self.materializer: Materializer = getattr(self.evaluator, "materializer", None) or (
             Materializer(self.space)
         )
@@ -115,6 +127,10 @@ class Evolver:
         self.generation = 0
         self.evaluations = 0
         self.expert_scores: list[list[float]] = []
+        self.steady = e.steady
+        self.dispatched = 0  # steady schedule: children made
+        self.completed = 0  # steady schedule: children back (or failed)
+        self.in_flight: dict[int, dict[str, Any]] = {}  # child number → what is out
 
     # --- state -------------------------------------------------------------------------------
 
@@ -128,6 +144,21 @@ class Evolver:
             "expert_scores": self.expert_scores,
             "archives": self.archives.state(),
             "finished": finished,
+        } | (self._steady_state() if self.steady else {})
+
+    def _steady_state(self) -> dict[str, Any]:
+        return {
+            "dispatched": self.dispatched,
+            "completed": self.completed,
+            "in_flight": [
+                {
+                    "child": n,
+                    "active": out["active"],
+                    "parents": out["parents"],
+                    "genome": base64.b64encode(out["genome"].to_bytes()).decode(),
+                }
+                for n, out in sorted(self.in_flight.items())
+            ],
         }
 
     def _restore(self, state: dict[str, Any]) -> None:
@@ -138,6 +169,22 @@ class Evolver:
         self.table = list(state["table"])
         self.expert_scores = state["expert_scores"]
         self.archives = Archives.from_state(state["archives"])
+        if self.steady != ("in_flight" in state):
+            schedules = ("generations", "steady")
+            raise ConfigError(
+                f"{self.store.root} was run with evaluation.schedule "
+                f"{schedules['in_flight' in state]}; resume it with that schedule"
+            )
+        if self.steady:
+            self.dispatched, self.completed = state["dispatched"], state["completed"]
+            self.in_flight = {
+                out["child"]: {
+                    "active": out["active"],
+                    "parents": out["parents"],
+                    "genome": Genome.from_bytes(base64.b64decode(out["genome"])),
+                }
+                for out in state["in_flight"]
+            }
 
     def genome(self, elite: int) -> Genome:
         """The genome of elite ``elite`` (genome-table index)."""
@@ -191,51 +238,122 @@ class Evolver:
         start = time.perf_counter()
         g, k = self.generation, self.active_task(self.generation)
         children, lineage = [], []
-        ctx = MutationContext(self.space, self.materializer, k, self.rng)
         for _ in range(self.cfg.evolution.batch_size):
-            data = self.archives.elites(k)
-            picked = self.selection(data["objective"], data["measures"], 2, self.rng)
-            parents = [self.genome(int(data["elite"][i])) for i in picked]
-            try:
-                child = self.mutation(self.crossover(parents, self.rng, self.space), ctx)
-            except CycleQDError as exc:  # a bad child (NaN/Inf in svd_child, Σw ≈ 0) is logged
+            child, parents, reason = self._make_child(k)
+            if child is None:
                 self.store.append(
                     "events.jsonl",
                     {
                         "event": "failed",
                         "generation": g,
                         "active": self.tasks[k],
-                        "parents": [p.id for p in parents],
-                        "reason": f"{type(exc).__name__}: {exc}",
+                        "parents": parents,
+                        "reason": reason,
                     },
                 )
                 continue
             children.append(child)
-            lineage.append([p.id for p in parents])
+            lineage.append(parents)
         result = self.evaluator.evaluate(children, "val") if children else None
         self.evaluations += len(children)
         outcomes = (
             zip(children, result.scores, result.errors, lineage, strict=True) if result else ()
         )
         for child, scores, error, parents in outcomes:
-            record: dict[str, Any] = {
-                "event": "child",
-                "generation": g,
-                "active": self.tasks[k],
-                "genome": child.id,
-                "parents": parents,
-            }
-            if error is not None:
-                record.update(event="failed", reason=error)
-            else:
-                entered = self.archives.insert(len(self.table), scores)
-                if entered:
-                    self._register(child)
-                record.update(
-                    scores=dict(zip(self.tasks, scores.tolist(), strict=True)),
-                    entered=[self.tasks[j] for j in entered],
-                )
+            record = {"event": "child", "generation": g, "active": self.tasks[k]}
+            self._log_and_insert(
+                record | {"genome": child.id, "parents": parents}, child, scores, error
+            )
+        return self._close_generation(k, start)
+
+    def _log_and_insert(
+        self, record: dict[str, Any], child: Genome, scores: Any, error: str | None
+    ) -> None:
+        """Offer an evaluated child to every archive and log it (``failed`` with ``error``)."""
+        assert self.archives is not None
+        if error is not None:
+            record.update(event="failed", reason=error)
+        else:
+            entered = self.archives.insert(len(self.table), scores)
+            if entered:
+                self._register(child)
+            record.update(
+                scores=dict(zip(self.tasks, scores.tolist(), strict=True)),
+                entered=[self.tasks[j] for j in entered],
+            )
+        self.store.append("events.jsonl", record)
+
+    # --- the steady-state schedule ------------------------------------------------------------
+
+    def _make_child(self, k: int) -> tuple[Genome | None, list[str], str | None]:
+        """A child of two parents selected from archive ``k``; ``None`` and why if it failed."""
+        assert self.archives is not None
+        ctx = MutationContext(self.space, self.materializer, k, self.rng)
+        data = self.archives.elites(k)
+        picked = self.selection(data["objective"], data["measures"], 2, self.rng)
+        parents = [self.genome(int(data["elite"][i])) for i in picked]
+        try:
+            child = self.mutation(self.crossover(parents, self.rng, self.space), ctx)
+        except CycleQDError as exc:  # a bad child (NaN/Inf in svd_child, Σw ≈ 0) is logged
+            return None, [p.id for p in parents], f"{type(exc).__name__}: {exc}"
+        return child, [p.id for p in parents], None
+
+    def run_steady(self) -> None:
+        """Evolve to ``generations × batch_size`` children with the steady-state schedule."""
+        total = self.cfg.evolution.generations * self.cfg.evolution.batch_size
+        limit = self.cfg.evaluation.max_in_flight
+        ordered = self.cfg.evaluation.ordered
+        tickets: dict[int, int] = {}  # evaluator ticket → child number
+        back: dict[int, Outcome] = {}  # child number → its outcome, not yet offered
+        for n, out in sorted(self.in_flight.items()):  # resumed: what was out goes out again
+            tickets[self.evaluator.submit(out["genome"], "val")] = n
+        self._period_start = time.perf_counter()
+        while self.completed < total:
+            # every child offered is followed by a refill: the points where children are made do
+            # not depend on when workers answer, so the ordered schedule is deterministic
+            while len(self.in_flight) < limit and self.dispatched < total:
+                n, k = self.dispatched, self.active_task(self.dispatched)
+                child, parents, reason = self._make_child(k)
+                self.dispatched += 1
+                self.in_flight[n] = {"active": k, "parents": parents, "genome": child}
+                if child is None:
+                    self._offer(n, None, reason)
+                else:
+                    tickets[self.evaluator.submit(child, "val")] = n
+            if self.completed >= total:
+                break
+            oldest = min(self.in_flight)
+            ready = [oldest] if oldest in back else [] if ordered else sorted(back)[:1]
+            if ready:
+                outcome = back.pop(ready[0])
+                self._offer(ready[0], outcome.scores, outcome.error)
+                continue
+            for outcome in self.evaluator.collect():
+                back[tickets.pop(outcome.ticket)] = outcome
+
+    def _offer(self, n: int, scores: np.ndarray | None, error: str | None) -> None:
+        """Log child ``n``'s outcome, offer it to every archive; close a generation if due."""
+        assert self.archives is not None
+        out = self.in_flight.pop(n)
+        k, child = out["active"], out["genome"]
+        record = {"event": "child", "generation": self.generation, "child": n}
+        record |= {"active": self.tasks[k]}
+        if child is None:  # it could not be made: never evaluated
+            record |= {"event": "failed", "parents": out["parents"], "reason": error}
             self.store.append("events.jsonl", record)
+        else:
+            self.evaluations += 1
+            record |= {"genome": child.id, "parents": out["parents"]}
+            self._log_and_insert(record, child, scores, error)
+        self.completed += 1
+        if self.completed % self.cfg.evolution.batch_size == 0:
+            self._close_generation(k, self._period_start)
+            self._period_start = time.perf_counter()
+
+    def _close_generation(self, k: int, start: float) -> GenerationReport:
+        """Log retries and metrics, advance the generation, checkpoint, report progress."""
+        assert self.archives is not None
+        g = self.generation
         for reason in getattr(self.evaluator, "drain_retries", list)():
             self.store.append("events.jsonl", {"event": "retry", "generation": g, "reason": reason})
         stats = self.archives.stats()
@@ -270,12 +388,29 @@ class Evolver:
             self._restore(state)
         else:
             self.seed()
-        while self.generation < self.cfg.evolution.generations:
-            self.step()
+        nodes = getattr(self.evaluator, "nodes", None)
+        if nodes is not None:  # where the workers run (Ray): one event per start or resume
+            self.store.append("events.jsonl", {"event": "workers", "nodes": nodes})
+        try:
+            if self.steady:
+                self.run_steady()
+            while self.generation < self.cfg.evolution.generations:
+                self.step()
+            summary = self._summary(state)
+        finally:
+            if self._owns_evaluator:
+                self.close()
+        return summary
+
+    def _summary(self, state: dict[str, Any] | None) -> dict[str, Any]:
         summary = self.store.read_json("summary.json")
         if summary is None or not (state or {}).get("finished"):
             summary = self.finish()
         return summary
+
+    def close(self) -> None:
+        """Release the evaluator's workers (Ray actors)."""
+        self.evaluator.close()
 
     # --- the final model and the report -------------------------------------------------------
 

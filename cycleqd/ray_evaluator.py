@@ -2,26 +2,34 @@
 
 Each actor builds the run's weight space once (base, task vectors, SVD cache: from the paths the
 config names) and keeps a resident model; a candidate travels as its genome's bytes (kilobytes),
-never as weights. Candidates are dispatched one at a time to whichever actor is idle, and results
-come back in the order of the batch, so a run scores exactly as it would in-process.
+never as weights. Candidates go to whichever actor is idle (:meth:`RayEvaluator.submit`,
+:meth:`RayEvaluator.collect`: the steady-state loop), or as a batch whose results come back in
+order (:meth:`RayEvaluator.evaluate`), so a run scores exactly as it would in-process.
 
-A worker that dies (killed, out of memory, node lost) is replaced and its candidate retried, up
-to ``max_retries`` times; then the candidate is recorded as failed with the reason.
+Failures cost no run:
 
-This is the generation-batched first step of the Ray backend: the steady-state (asynchronous)
-driver, per-candidate time limits and ``--ray-address`` on the command line are still to come.
+* a worker that dies (killed, out of memory, node lost) is replaced and its candidate retried on
+  another, up to ``max_retries`` times; then the candidate is recorded as failed with the reason;
+* a candidate past its time limit has its worker killed and replaced, and is recorded as failed
+  (a hang would hang again: it is not retried);
+* a scorer that raises makes its candidate fail with the exception's message (the worker lives).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
+import os
+import sys
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from cycleqd.errors import CycleQDError
-from cycleqd.evaluator import Evaluation
+from cycleqd.evaluator import Evaluation, Outcome
 from cycleqd.genome import Genome
 
 __all__ = ["RayEvaluator"]
@@ -30,23 +38,70 @@ __all__ = ["RayEvaluator"]
 class _Worker:
     """The actor: the weight space and a resident model, built once from the run config."""
 
-    def __init__(self, config_json: str) -> None:
+    def __init__(self, config_json: str, threads: int) -> None:
+        import torch
+
         from cycleqd.config import RunConfig
         from cycleqd.evaluator import LocalEvaluator
         from cycleqd.models import load_models
         from cycleqd.scorers import SCORERS
 
+        torch.set_num_threads(threads)  # the CPUs Ray reserved, for torch and the sandbox pool
         config = RunConfig.model_validate_json(config_json)
         source, space = load_models(config)
         scorers = {t.name: SCORERS.build(t.scorer, **t.params) for t in config.tasks}
         self.local = LocalEvaluator(space, source, scorers)
 
-    def ready(self) -> bool:
-        return True
+    def ready(self) -> tuple[str, int]:
+        """Where this worker runs: its node's id and its process id."""
+        import ray
+
+        return ray.get_runtime_context().get_node_id(), os.getpid()
 
     def evaluate(self, genome: bytes, split: str) -> tuple[list[float], str | None]:
         result = self.local.evaluate([Genome.from_bytes(genome)], split)
         return result.scores[0].tolist(), result.errors[0]
+
+
+@dataclass
+class _Job:
+    ticket: int
+    genome_id: str
+    payload: bytes
+    split: str
+    attempts: int = 0
+
+
+@dataclass
+class _Slot:
+    """One worker slot: its actor, and what it is doing."""
+
+    actor: Any
+    starting: Any = None  # the ``ready`` call of an actor that is starting
+    started_at: float = 0.0
+    job: _Job | None = None
+    call: Any = None  # the ``evaluate`` call running ``job``
+    since: float = 0.0
+    node: str = ""
+    pid: int = 0
+
+
+def _local_runtime_env() -> dict[str, Any]:
+    """Let local workers import what the driver can: its script folder, cwd and added paths.
+
+    Ray gives workers the driver's working directory but not the folders added to ``sys.path``
+    (a plug-in scorer's project, the tests' folder); entries under the interpreter's own prefix
+    are left out, the workers have them.
+    """
+    prefixes = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
+    extra = [
+        path
+        for path in (os.path.realpath(p or os.getcwd()) for p in sys.path)
+        if os.path.isdir(path) and not any(path.startswith(prefix) for prefix in prefixes)
+    ]
+    inherited = os.environ.get("PYTHONPATH")
+    paths = list(dict.fromkeys(extra + ([inherited] if inherited else [])))
+    return {"env_vars": {"PYTHONPATH": os.pathsep.join(paths)}} if paths else {}
 
 
 class RayEvaluator:
@@ -56,17 +111,19 @@ class RayEvaluator:
         config: the run's :class:`cycleqd.config.RunConfig` (each actor rebuilds the weight
             space and the scorers from it).
         workers: actors, one per worker slot.
-        cpus_per_worker: CPUs Ray reserves per actor.
+        cpus_per_worker: CPUs Ray reserves per actor (its torch threads and sandbox processes).
         gpus_per_worker: GPUs per actor (fractions share a GPU).
         address: a Ray cluster to attach to (``"auto"``, ``"ray://host:port"``); ``None`` starts
             a local runtime, quietly.
         max_retries: times a candidate is retried on a replacement worker after its worker died.
-        start_timeout: seconds to wait for the workers to start (building the experts included).
+        timeout_s: a candidate's time limit on a worker; ``None``: none.
+        start_timeout: seconds to wait for a worker to start (building the experts included).
 
     Attributes:
         bytes_sent: genome bytes sent to workers so far.
         candidates_sent: candidates dispatched so far (retries included).
         retries: one message per candidate retried after a worker died.
+        nodes: the node id of each worker slot's first actor.
     """
 
     def __init__(
@@ -78,6 +135,7 @@ class RayEvaluator:
         gpus_per_worker: float = 0.0,
         address: str | None = None,
         max_retries: int = 2,
+        timeout_s: float | None = None,
         start_timeout: float = 300.0,
     ) -> None:
         import ray
@@ -85,70 +143,158 @@ class RayEvaluator:
         if workers < 1:
             raise CycleQDError(f"a Ray evaluator needs at least 1 worker, got {workers}")
         if not ray.is_initialized():
-            ray.init(
-                address=address,
-                include_dashboard=False,
-                log_to_driver=False,
-                logging_level="ERROR",
-                configure_logging=True,
-            )
+            _init_ray(address)
         self.tasks = config.task_names
         self._config_json = config.model_dump_json()
         self._actor_class = ray.remote(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker)(_Worker)
+        self._threads = max(1, math.floor(cpus_per_worker))
+        self._describe = (
+            f"{workers} Ray worker(s) of {cpus_per_worker:g} CPU(s) and {gpus_per_worker:g} GPU(s)"
+        )
         self.max_retries = max_retries
-        self.actors = [self._spawn() for _ in range(workers)]
+        self.timeout_s = timeout_s
+        self.start_timeout = start_timeout
+        self.slots = [self._spawn() for _ in range(workers)]
         try:
-            ray.get([a.ready.remote() for a in self.actors], timeout=start_timeout)
+            started = ray.get([slot.starting for slot in self.slots], timeout=start_timeout)
         except ray.exceptions.GetTimeoutError:
-            for actor in self.actors:
-                ray.kill(actor)
+            self.close()
             raise CycleQDError(
-                f"{workers} Ray worker(s) of {cpus_per_worker} CPU(s) and {gpus_per_worker} "
-                f"GPU(s) did not start within {start_timeout:.0f} s; the cluster has "
+                f"{self._describe} did not start within {start_timeout:.0f} s; the cluster has "
                 f"{ray.available_resources()} free: lower evaluation.workers or "
                 "evaluation.cpus_per_worker"
             ) from None
+        except ray.exceptions.RayError as exc:
+            self.close()
+            raise CycleQDError(f"a Ray worker failed to start: {exc}") from None
+        for slot, (node, pid) in zip(self.slots, started, strict=True):
+            slot.starting, slot.node, slot.pid = None, node, pid
+        self.nodes = [slot.node for slot in self.slots]
         self.bytes_sent = 0
         self.candidates_sent = 0
         self.retries: list[str] = []
+        self._queue: list[_Job] = []
+        self._done: list[Outcome] = []
+        self._tickets = itertools.count()
 
-    def _spawn(self) -> Any:
-        return self._actor_class.remote(self._config_json)
+    @property
+    def actors(self) -> list[Any]:
+        """The current actor of every worker slot."""
+        return [slot.actor for slot in self.slots]
+
+    def _spawn(self) -> _Slot:
+        actor = self._actor_class.remote(self._config_json, self._threads)
+        return _Slot(actor, starting=actor.ready.remote(), started_at=time.monotonic())
+
+    def _replace(self, slot: _Slot) -> None:
+        import ray
+
+        ray.kill(slot.actor, no_restart=True)
+        fresh = self._spawn()
+        slot.actor, slot.starting, slot.started_at = fresh.actor, fresh.starting, fresh.started_at
+        slot.job = slot.call = None
+
+    # --- submitting and collecting -----------------------------------------------------------
+
+    def submit(self, genome: Genome, split: str = "val") -> int:
+        """Queue ``genome``; it goes to the first idle worker. Returns its ticket."""
+        ticket = next(self._tickets)
+        self._queue.append(_Job(ticket, genome.id, genome.to_bytes(), split))
+        self._dispatch()
+        return ticket
+
+    def _dispatch(self) -> None:
+        for slot in self.slots:
+            if not self._queue:
+                return
+            if slot.starting is None and slot.job is None:
+                job = self._queue.pop(0)
+                slot.job, slot.since = job, time.monotonic()
+                slot.call = slot.actor.evaluate.remote(job.payload, job.split)
+                self.bytes_sent += len(job.payload)
+                self.candidates_sent += 1
+
+    def _fail(self, job: _Job, reason: str) -> None:
+        self._done.append(Outcome(job.ticket, np.full(len(self.tasks), np.nan), reason))
+
+    def _worker_died(self, slot: _Slot, reason: str) -> None:
+        job = slot.job
+        self._replace(slot)
+        if job is None:
+            return
+        job.attempts += 1
+        if job.attempts > self.max_retries:
+            self._fail(job, f"{reason} {job.attempts} times; gave up")
+        else:
+            self.retries.append(f"candidate {job.genome_id}: {reason}; retried")
+            self._queue.insert(0, job)
+
+    def collect(self) -> list[Outcome]:
+        """Wait until at least one submitted candidate finished; return every finished one."""
+        import ray
+        from ray.exceptions import RayActorError, RayError
+
+        while not self._done:
+            waiting = {s.starting: s for s in self.slots if s.starting is not None}
+            running = {s.call: s for s in self.slots if s.call is not None}
+            if not running and not self._queue:
+                return []
+            deadlines = [s.since + self.timeout_s for s in running.values() if self.timeout_s]
+            deadlines += [s.started_at + self.start_timeout for s in waiting.values()]
+            wait = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
+            ready, _ = ray.wait([*waiting, *running], num_returns=1, timeout=wait)
+            for ref in ready:
+                if ref in waiting:
+                    slot = waiting[ref]
+                    try:
+                        slot.node, slot.pid = ray.get(ref)
+                        slot.starting = None
+                    except RayError as exc:  # the replacement died while starting: again
+                        self.retries.append(f"a replacement worker failed to start: {exc}")
+                        self._replace(slot)
+                    continue
+                slot = running[ref]
+                job = slot.job
+                assert job is not None
+                try:
+                    scores, error = ray.get(ref)
+                except RayActorError as exc:
+                    self._worker_died(slot, f"worker died ({type(exc).__name__})")
+                    continue
+                except RayError as exc:
+                    slot.job = slot.call = None
+                    self._fail(job, f"{type(exc).__name__}: {exc}")
+                    continue
+                slot.job = slot.call = None
+                self._done.append(Outcome(job.ticket, np.array(scores, dtype=np.float64), error))
+            now = time.monotonic()
+            for slot in self.slots:
+                if slot.call is not None and self.timeout_s and now - slot.since > self.timeout_s:
+                    job = slot.job
+                    assert job is not None
+                    self._replace(slot)  # the only way to stop a hung call: its worker goes
+                    self._fail(job, f"exceeded the time limit of {self.timeout_s:g} s")
+                elif slot.starting is not None and now - slot.started_at > self.start_timeout:
+                    raise CycleQDError(
+                        f"a replacement Ray worker did not start within {self.start_timeout:.0f}"
+                        f" s; the cluster has {ray.available_resources()} free"
+                    )
+            self._dispatch()
+        out, self._done = self._done, []
+        return out
 
     def evaluate(self, genomes: Sequence[Genome], split: str = "val") -> Evaluation:
         """Scores of ``genomes`` in order; a failed candidate's row is NaN, its reason recorded."""
-        import ray
-        from ray.exceptions import RayActorError
-
-        payloads = [g.to_bytes() for g in genomes]
-        rows: list[list[float] | None] = [None] * len(genomes)
+        tickets = {self.submit(g, split): i for i, g in enumerate(genomes)}
+        rows = np.full((len(genomes), len(self.tasks)), np.nan)
         errors: list[str | None] = [None] * len(genomes)
-        attempts = [0] * len(genomes)
-        queue = list(range(len(genomes)))
-        idle = list(range(len(self.actors)))
-        pending: dict[Any, tuple[int, int]] = {}
-        while queue or pending:
-            while queue and idle:
-                i, a = queue.pop(0), idle.pop(0)
-                pending[self.actors[a].evaluate.remote(payloads[i], split)] = (i, a)
-                self.bytes_sent += len(payloads[i])
-                self.candidates_sent += 1
-            (ref,), _ = ray.wait(list(pending), num_returns=1)
-            i, a = pending.pop(ref)
-            try:
-                rows[i], errors[i] = ray.get(ref)
-            except RayActorError as exc:
-                attempts[i] += 1
-                self.actors[a] = self._spawn()  # replace the dead worker
-                reason = f"worker died ({type(exc).__name__})"
-                if attempts[i] > self.max_retries:
-                    rows[i] = [math.nan] * len(self.tasks)
-                    errors[i] = f"{reason} {attempts[i]} times; gave up"
-                else:
-                    self.retries.append(f"candidate {genomes[i].id}: {reason}; retried")
-                    queue.append(i)
-            idle.append(a)
-        return Evaluation(np.array(rows, dtype=np.float64), errors)
+        left = len(tickets)
+        while left:
+            for outcome in self.collect():
+                i = tickets[outcome.ticket]
+                rows[i], errors[i] = outcome.scores, outcome.error
+                left -= 1
+        return Evaluation(rows, errors)
 
     def drain_retries(self) -> list[str]:
         """The retry messages since the last call (the evolver logs them as events)."""
@@ -164,6 +310,30 @@ class RayEvaluator:
         """Stop the actors (a runtime this evaluator started stays up for reuse)."""
         import ray
 
-        for actor in self.actors:
-            ray.kill(actor)
-        self.actors = []
+        for slot in self.slots:
+            ray.kill(slot.actor, no_restart=True)
+        self.slots = []
+
+
+def _init_ray(address: str | None) -> None:
+    """Attach to ``address``, or start a local runtime; quietly either way."""
+    import ray
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    kwargs: dict[str, Any] = dict(
+        address=address,
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level="ERROR",
+        configure_logging=True,
+    )
+    if address is None:
+        kwargs["runtime_env"] = _local_runtime_env()
+    try:
+        ray.init(**kwargs)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise CycleQDError(
+            f"could not attach to the Ray cluster at {address!r}: {exc}. Start one with "
+            "`ray start --head` (then --ray-address auto), or leave --ray-address out to run a "
+            "local Ray runtime"
+        ) from None

@@ -308,13 +308,21 @@ class Sandbox:
         try:
             answer = worker.ask(request, timeout)
         except (CycleQDError, OSError, ValueError):
-            worker.close()
-            with self._lock:
-                self._all.remove(worker)
-            self._add()  # replace the dead worker; this batch is reported as failed
+            self._replace(worker)  # the dead worker; this batch is reported as failed
             return [SandboxResult("", "sandbox worker died", None, "worker died") for _ in problems]
+        except BaseException:
+            # interrupted mid-request (a candidate's time limit): its pipe may still carry the
+            # answer, which the next request would read as its own
+            self._replace(worker)
+            raise
         self._idle.put(worker)
         return [SandboxResult(**r) for r in answer["results"]]
+
+    def _replace(self, worker: _Worker) -> None:
+        worker.close()
+        with self._lock:
+            self._all.remove(worker)
+        self._add()
 
     def close(self) -> None:
         """Stop every worker."""

@@ -396,10 +396,17 @@ _SANDBOX: Sandbox | None = None
 
 
 def shared_sandbox() -> Sandbox:
-    """The process's sandbox pool, started on first use (scorers share it)."""
+    """The process's sandbox pool, started on first use (scorers share it).
+
+    It has as many workers as torch has threads here (at most 4): the CPUs this process may use.
+    A Ray worker that reserved one CPU therefore runs one sandboxed process at a time, and does
+    not take the CPU of the worker beside it.
+    """
     global _SANDBOX
     if _SANDBOX is None:
-        _SANDBOX = Sandbox(workers=2)
+        import torch
+
+        _SANDBOX = Sandbox(workers=max(1, min(4, torch.get_num_threads())))
     return _SANDBOX
 
 

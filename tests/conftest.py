@@ -122,3 +122,28 @@ def digits_yaml(path, cache, **evolution):
     data["evolution"].update({"generations": 12, "batch_size": 4, **evolution})
     path.write_text(yaml.safe_dump(data))
     return path
+
+
+def ray_yaml(path, cache, *, tasks=None, short_report=False, **evaluation):
+    """A short digits run scored on Ray workers of half a CPU (room for two on two cores)."""
+    data = yaml.safe_load(open(digits_yaml(path, cache, generations=3)))
+    data["evaluation"] = {"backend": "ray", "workers": 2, "cpus_per_worker": 0.5, **evaluation}
+    if tasks:
+        data["tasks"] = tasks
+    if short_report:  # the paper's final model and one λ: few evaluations after the loop
+        data["final"] = {"method": "softmax", "lambdas": [1.0]}
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tinylm_micro(tmp_path_factory):
+    """The tiny language models of the micro recipe, built once: (cache, source, paths)."""
+    from dataclasses import asdict
+
+    from cycleqd.models import TinyLMSource
+    from cycleqd.tinylm import TinyLMRecipe
+
+    cache = tmp_path_factory.mktemp("tinylm")
+    source = TinyLMSource(**asdict(TinyLMRecipe.micro()))
+    return cache, source, source.prepare(cache)

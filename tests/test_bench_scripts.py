@@ -21,6 +21,7 @@ from conftest import REPO
         ("decode.py", ["decode_speedup"]),
         ("sandbox.py", ["python_s_per_100", "shell_s_per_100"]),
         ("experts.py", ["own_skill_min", "above_base_min", "mean_merge_loss"]),
+        ("evaluators.py", ["speedup_2v1", "bytes_per_candidate"]),
     ],
 )
 def test_benchmark_runs_small(script, keys):

@@ -16,6 +16,7 @@ from conftest import digits_yaml
 
 from cycleqd import Archives, Evolver, Genome, load_config, load_run
 from cycleqd.archive import derive_ranges
+from cycleqd.config import ConfigError
 from cycleqd.evolver import softmax
 from cycleqd.store import RunStore
 
@@ -139,19 +140,24 @@ def test_validation_final_is_the_best_candidate_on_val_soups_included(tmp_path, 
     assert evolver._average(top3, "val")[0] == pytest.approx(soup["val_average"])
 
 
-def test_resume_after_sigkill_gives_identical_archives(tmp_path, digits_cache):
+STEADY = ["evaluation.schedule=steady", "evaluation.in_flight=3", "evaluation.ordered=true"]
+
+
+@pytest.mark.parametrize("sets", [[], STEADY], ids=["generations", "steady"])
+def test_resume_after_sigkill_gives_identical_archives(tmp_path, digits_cache, sets):
     config = digits_yaml(tmp_path / "kill.yaml", digits_cache, generations=30)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "cycleqd", "evolve"]
+    config_args = [str(config), *(f"--set={s}" for s in sets)]
     subprocess.run(
-        [*cmd, str(config), "--run-dir", str(tmp_path / "whole")],
+        [*cmd, *config_args, "--run-dir", str(tmp_path / "whole")],
         check=True,
         env=env,
         capture_output=True,
         timeout=600,
     )
     victim = subprocess.Popen(
-        [*cmd, str(config), "--run-dir", str(tmp_path / "killed")],
+        [*cmd, *config_args, "--run-dir", str(tmp_path / "killed")],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -169,6 +175,8 @@ def test_resume_after_sigkill_gives_identical_archives(tmp_path, digits_cache):
     victim.wait()
     killed_at = json.loads(checkpoint.read_text())["generation"]
     assert 8 <= killed_at < 30, "the run was not killed mid-way"
+    if sets:  # the resumed run must send out again the children that were out
+        assert len(json.loads(checkpoint.read_text())["in_flight"]) == 2
     subprocess.run(
         [*cmd, "--resume", "--run-dir", str(tmp_path / "killed")],
         check=True,
@@ -178,8 +186,8 @@ def test_resume_after_sigkill_gives_identical_archives(tmp_path, digits_cache):
     )
     whole = json.loads((tmp_path / "whole" / "checkpoint.json").read_text())
     resumed = json.loads(checkpoint.read_text())
-    for key in ("archives", "table", "rng", "generation", "evaluations"):
-        assert resumed[key] == whole[key], key
+    for key in ("archives", "table", "rng", "generation", "evaluations", "in_flight"):
+        assert resumed.get(key) == whole.get(key), key
     for name in ("events.jsonl", "metrics.jsonl", "summary.json"):
         assert (tmp_path / "killed" / name).read_text() == (tmp_path / "whole" / name).read_text()
 
@@ -229,3 +237,94 @@ def test_a_child_whose_operators_fail_is_logged_and_the_run_goes_on(
     failed = [e for e in evolver.store.read_log("events.jsonl") if e["event"] == "failed"]
     assert len(failed) == 6 and all("mutation blew up" in e["reason"] for e in failed)
     assert "cycleqd_final" in summary["methods"]
+
+
+def steady_config(tmp_path, cache, name, *sets, generations=6):
+    path = digits_yaml(tmp_path / f"{name}.yaml", cache, generations=generations)
+    return load_config(path, ["evaluation.schedule=steady", *sets])
+
+
+def test_the_steady_schedule_makes_every_child_once_and_takes_turns(tmp_path, digits_cache):
+    cfg = steady_config(tmp_path, digits_cache, "steady", "evaluation.in_flight=3")
+    evolver = Evolver(cfg, RunStore.create(tmp_path / "steady", cfg))
+    evolver.run()
+    events = evolver.store.read_log("events.jsonl")
+    children = [e for e in events if e["event"] in ("child", "failed")]
+    total = cfg.evolution.generations * cfg.evolution.batch_size
+    assert sorted(e["child"] for e in children) == list(range(total))  # none lost, none twice
+    # the active task advances per child made: child n works on archive n mod K
+    assert all(e["active"] == cfg.task_names[e["child"] % 3] for e in children)
+    assert evolver.evaluations == 3 + total
+    metrics = evolver.store.read_log("metrics.jsonl")
+    assert [m["generation"] for m in metrics] == list(range(cfg.evolution.generations))
+    assert json.loads((tmp_path / "steady" / "checkpoint.json").read_text())["in_flight"] == []
+    # archives are consistent with the log: each elite is the best child logged for its cell
+    inserted = {e["genome"]: e["scores"] for e in events if e.get("entered")}
+    for k, task in enumerate(cfg.task_names):
+        data = evolver.archives.elites(k)
+        for elite, quality in zip(data["elite"], data["objective"], strict=True):
+            genome_id = evolver.table[elite]
+            if genome_id in inserted:
+                assert inserted[genome_id][task] == pytest.approx(quality)
+
+
+def test_a_steady_run_resumed_with_children_out_ends_as_an_uninterrupted_one(
+    tmp_path, digits_cache
+):
+    sets = ("evaluation.in_flight=3", "evaluation.ordered=true")
+    cfg = steady_config(tmp_path, digits_cache, "whole", *sets)
+    Evolver(cfg, RunStore.create(tmp_path / "whole", cfg)).run()
+
+    class Crash(Exception):
+        pass
+
+    def crash(report):
+        if report.generation == 2:
+            raise Crash  # right after generation 2's checkpoint, with children still out
+
+    cfg = steady_config(tmp_path, digits_cache, "crashed", *sets)
+    store = RunStore.create(tmp_path / "crashed", cfg)
+    with pytest.raises(Crash):
+        Evolver(cfg, store, on_generation=crash).run()
+    state = json.loads((tmp_path / "crashed" / "checkpoint.json").read_text())
+    assert state["generation"] == 3 and len(state["in_flight"]) == 2
+    store.append("events.jsonl", {"event": "child", "note": "written after the checkpoint"})
+    Evolver(cfg, store).run(resume=True)
+    whole = json.loads((tmp_path / "whole" / "checkpoint.json").read_text())
+    resumed = json.loads((tmp_path / "crashed" / "checkpoint.json").read_text())
+    for key in ("archives", "table", "rng", "generation", "evaluations", "dispatched"):
+        assert resumed[key] == whole[key], key
+    for name in ("events.jsonl", "metrics.jsonl", "summary.json"):
+        assert (tmp_path / "crashed" / name).read_text() == (tmp_path / "whole" / name).read_text()
+
+
+def test_a_run_resumed_with_another_schedule_is_refused(tmp_path, digits_cache):
+    cfg = steady_config(tmp_path, digits_cache, "s", generations=1)
+    store = RunStore.create(tmp_path / "s", cfg)
+    Evolver(cfg, store).run()
+    other = cfg.model_copy(
+        update={"evaluation": cfg.evaluation.model_copy(update={"schedule": "generations"})}
+    )
+    with pytest.raises(ConfigError, match="schedule steady; resume it with that schedule"):
+        Evolver(other, store).run(resume=True)
+
+
+def test_a_candidate_past_its_time_limit_fails_and_the_run_goes_on(tmp_path, digits_cache):
+    cfg = load_config(
+        digits_yaml(tmp_path / "t.yaml", digits_cache, generations=2),
+        ["evaluation.timeout_s=0.5"],
+    )
+    evolver = Evolver(cfg, RunStore.create(tmp_path / "t", cfg))
+    scorer = evolver.evaluator.scorers["noisy"]
+    calls = []
+
+    def slow_on_the_fifth_call(model, split):
+        calls.append(split)
+        if len(calls) == 5:
+            time.sleep(20)  # unless the time limit cuts it short, this child scores normally
+        return scorer(model, split)
+
+    evolver.evaluator.scorers["noisy"] = slow_on_the_fifth_call
+    evolver.run()
+    failed = [e for e in evolver.store.read_log("events.jsonl") if e["event"] == "failed"]
+    assert [e["reason"] for e in failed] == ["CandidateTimeout: exceeded the time limit of 0.5 s"]

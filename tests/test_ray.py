@@ -1,19 +1,29 @@
-"""The Ray evaluator: the same scores as in-process, and a killed worker costs no candidate."""
+"""Ray workers: the same scores as in-process, steady-state runs, and failures that cost nothing.
+
+Ray is started by these tests on this machine: workers of half a CPU, so two fit on two cores
+beside the driver.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+from dataclasses import asdict
 
 import numpy as np
 import pytest
 import ray
 import torch
-from conftest import digits_yaml
+import yaml
+from conftest import digits_yaml, ray_yaml
 
-from cycleqd import Genome, load_config
+from cycleqd import Evolver, Genome, load_config
 from cycleqd.evaluator import LocalEvaluator
 from cycleqd.models import load_models
 from cycleqd.scorers import SCORERS
+from cycleqd.store import RunStore
+from cycleqd.tinylm import TinyLMRecipe
 
 
 @pytest.fixture(scope="module")
@@ -26,12 +36,42 @@ def setup(tmp_path_factory, digits_cache):
     local = LocalEvaluator(
         space, source, {t.name: SCORERS.build(t.scorer, **t.params) for t in cfg.tasks}
     )
-    remote = RayEvaluator(cfg, workers=2, cpus_per_worker=0.5)  # leaves room for the run below
+    remote = RayEvaluator(cfg, workers=2, cpus_per_worker=0.5)
     genomes = [Genome.base(space), Genome.expert(space, 2)]
     genomes += [Genome.linear(space, torch.tensor([0.3 * i, 0.2, 0.5])) for i in range(4)]
     yield local, remote, space, genomes
     remote.close()
     ray.shutdown()
+
+
+def run(path, *sets, on_generation=None):
+    cfg = load_config(path, list(sets))
+    evolver = Evolver(cfg, RunStore.create(path.with_suffix(""), cfg), on_generation=on_generation)
+    summary = evolver.run()
+    return evolver, summary, evolver.store.read_log("events.jsonl")
+
+
+def children_of(events):
+    return [e for e in events if e["event"] in ("child", "failed")]
+
+
+def assert_consistent(evolver, events):
+    """Every child made came back once; every elite holds the scores its child was logged with."""
+    cfg = evolver.cfg
+    total = cfg.evolution.generations * cfg.evolution.batch_size
+    assert sorted(e["child"] for e in children_of(events)) == list(range(total))
+    assert evolver.evaluations == len(cfg.tasks) + total
+    logged = {e["genome"]: e["scores"] for e in events if e.get("scores")}
+    for k, task in enumerate(cfg.task_names):
+        data = evolver.archives.elites(k)
+        assert len(data["elite"]) > 0
+        for elite, quality, measures in zip(
+            data["elite"], data["objective"], data["measures"], strict=True
+        ):
+            scores = logged[evolver.table[elite]]
+            others = [scores[t] for t in cfg.task_names if t != task]
+            assert scores[task] == pytest.approx(quality)
+            np.testing.assert_allclose(measures, others)
 
 
 def test_ray_workers_score_exactly_as_in_process_and_receive_only_genomes(setup):
@@ -57,38 +97,82 @@ def test_a_killed_worker_is_replaced_and_its_candidate_retried(setup):
     assert got.errors == [None] * len(genomes)
 
 
-def test_an_evolution_on_ray_workers_equals_the_in_process_one(tmp_path, digits_cache):
-    from cycleqd import Evolver
-    from cycleqd.store import RunStore
-
-    summaries = {}
-    for backend in ("local", "ray"):
-        path = digits_yaml(tmp_path / f"{backend}.yaml", digits_cache, generations=3)
-        cfg = load_config(
-            path,
-            [f"evaluation.backend={backend}", "evaluation.workers=2"]
-            + ["evaluation.cpus_per_worker=0.5"],
-        )
-        evolver = Evolver(cfg, RunStore.create(tmp_path / backend, cfg))
-        summaries[backend] = evolver.run()
-        metrics = evolver.store.read_log("metrics.jsonl")
-        assert ("bytes_per_candidate" in metrics[-1]) == (backend == "ray")
-        if backend == "ray":
-            evolver.evaluator.close()
-    assert summaries["ray"] == summaries["local"]
-    checkpoints = {
-        backend: json.loads((tmp_path / backend / "checkpoint.json").read_text())
-        for backend in ("local", "ray")
-    }
-    for checkpoint in checkpoints.values():
-        checkpoint.pop("log_sizes")  # the Ray run's metrics lines also log bytes per candidate
-    assert checkpoints["ray"] == checkpoints["local"]  # the same archives, elite for elite
+def test_the_ordered_steady_schedule_scores_on_ray_as_in_process(tmp_path, digits_cache, setup):
+    steady = ["evaluation.schedule=steady", "evaluation.in_flight=3", "evaluation.ordered=true"]
+    path = ray_yaml(tmp_path / "ray.yaml", digits_cache)
+    remote, summary, events = run(path, *steady)
+    local_path = ray_yaml(tmp_path / "local.yaml", digits_cache)
+    local, want, _ = run(local_path, *steady, "evaluation.backend=local")
+    assert summary == want
+    assert events[3]["event"] == "workers" and len(events[3]["nodes"]) == 2
+    checkpoints = [
+        json.loads((e.store.root / "checkpoint.json").read_text()) for e in (remote, local)
+    ]
+    for key in ("archives", "table", "rng", "evaluations", "dispatched", "in_flight"):
+        assert checkpoints[0][key] == checkpoints[1][key], key
+    assert "bytes_per_candidate" in remote.store.read_log("metrics.jsonl")[-1]
+    assert remote.evaluator.slots == []  # the evolver stopped the workers it started
 
 
-def test_workers_that_cannot_be_placed_are_explained(tmp_path, digits_cache, setup):
-    from cycleqd import CycleQDError
-    from cycleqd.ray_evaluator import RayEvaluator
+def test_a_quickstart_style_run_on_two_workers_is_consistent(tmp_path, tinylm_micro, setup):
+    cache, _, _ = tinylm_micro
+    data = yaml.safe_load(open("experiments/quickstart.yaml"))
+    data["cache_dir"] = str(cache)
+    data["models"]["params"] = asdict(TinyLMRecipe.micro())
+    for task in data["tasks"]:
+        task["params"] |= {"problems": 4, "test_problems": 4, "max_new_tokens": 8}
+    data["evolution"] |= {"generations": 4, "batch_size": 3, "bins": 5}
+    data["final"] = {"lambdas": [0.5, 1.0]}
+    data["evaluation"] = {"backend": "ray", "workers": 2, "cpus_per_worker": 0.5}
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(data))
+    evolver, summary, events = run(path)  # steady, unordered: children come back in any order
+    assert evolver.cfg.evaluation.steady and not evolver.cfg.evaluation.ordered
+    assert_consistent(evolver, events)
+    assert set(summary["methods"]["cycleqd_final"]) == {"code", "sql", "shell"}
 
-    cfg = load_config(digits_yaml(tmp_path / "d.yaml", digits_cache))
-    with pytest.raises(CycleQDError, match="did not start within 5 s.*lower evaluation.workers"):
-        RayEvaluator(cfg, workers=1, cpus_per_worker=64, start_timeout=5)
+
+def test_a_worker_killed_mid_evaluation_costs_no_candidate(tmp_path, digits_cache, setup):
+    tasks = yaml.safe_load(open("experiments/digits.yaml"))["tasks"]
+    tasks[0] = {"name": "rotated", "scorer": "faulty_scorers:slow", "params": {"delay": 0.5}}
+    tasks[0]["params"] |= {"domain": "rotated", "noise": 0.3}
+    path = ray_yaml(tmp_path / "kill.yaml", digits_cache, tasks=tasks, short_report=True)
+    killed = []
+
+    def kill_a_busy_worker(report):
+        if not killed:
+            slot = next(s for s in evolver_ref[0].evaluator.slots if s.job is not None)
+            os.kill(slot.pid, signal.SIGKILL)
+            killed.append(slot.job.genome_id)
+
+    evolver_ref = []
+    cfg = load_config(path)
+    evolver = Evolver(
+        cfg, RunStore.create(tmp_path / "kill", cfg), on_generation=kill_a_busy_worker
+    )
+    evolver_ref.append(evolver)
+    evolver.run()
+    events = evolver.store.read_log("events.jsonl")
+    retries = [e for e in events if e["event"] == "retry"]
+    assert any(killed[0] in e["reason"] and "worker died" in e["reason"] for e in retries)
+    assert [e for e in events if e["event"] == "failed"] == []
+    assert_consistent(evolver, events)
+
+
+def test_a_scorer_that_raises_or_hangs_fails_its_candidate_and_the_run_goes_on(
+    tmp_path, digits_cache, setup
+):
+    tasks = yaml.safe_load(open("experiments/digits.yaml"))["tasks"]
+    for task, mode in zip(tasks[1:], ("raise", "hang"), strict=True):
+        marker = str(tmp_path / f"{mode}.claimed")
+        task["params"] |= {"mode": mode, "marker": marker}
+        task["scorer"] = "faulty_scorers:faulty"
+    path = ray_yaml(
+        tmp_path / "faults.yaml", digits_cache, tasks=tasks, timeout_s=3, short_report=True
+    )
+    evolver, summary, events = run(path)
+    reasons = [e["reason"] for e in events if e["event"] == "failed"]
+    assert any("RuntimeError: the scorer exploded" in r for r in reasons), reasons
+    assert any("exceeded the time limit of 3 s" in r for r in reasons), reasons
+    assert_consistent(evolver, events)
+    assert "cycleqd_final" in summary["methods"]

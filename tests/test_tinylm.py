@@ -16,11 +16,9 @@ from cycleqd.tinylm import TinyLMRecipe
 MICRO = asdict(TinyLMRecipe.micro())
 
 
-@pytest.fixture(scope="module")
-def micro(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("tinylm")
-    source = TinyLMSource(**MICRO)
-    return cache, source, source.prepare(cache)
+@pytest.fixture
+def micro(tinylm_micro):
+    return tinylm_micro
 
 
 def test_build_writes_loadable_models_with_their_tokenizer_and_caches(micro, monkeypatch):
