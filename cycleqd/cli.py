@@ -188,6 +188,62 @@ def _evolve(cfg: Any, store: Any, resume: bool) -> dict[str, Any]:
     return summary
 
 
+@app.command()
+def compare(
+    config: Annotated[Path, typer.Argument(help="YAML run config.")],
+    seeds: Annotated[int, typer.Option("--seeds", help="Seeds per method.")] = 3,
+    jobs: Annotated[int, typer.Option("--jobs", help="Processes running methods at once.")] = 1,
+    run_dir: Annotated[
+        Path | None,
+        typer.Option("--run-dir", help="Comparison folder (default: archives/<name>-compare)."),
+    ] = None,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a config value: key.sub=value (repeatable)."),
+    ] = None,
+    methods: Annotated[
+        str | None,
+        typer.Option("--methods", help="Comma-separated methods to run (default: all)."),
+    ] = None,
+) -> None:
+    """Compare CycleQD, its ablations and the usual merges on the test split, over seeds.
+
+    Every method picks its model on the val split with the same experts: base, experts, task
+    arithmetic, TIES and DARE-TIES, CMA-ES with CycleQD's evaluation budget, a multi-task
+    fine-tune (tinylm), and the ablation chain fixed axes → cycling → SVD mutation → elite
+    sampling (CycleQD). Writes compare.md, compare.json and compare.png; rerun to resume.
+    """
+    import time
+
+    from cycleqd.compare import compare as run_compare
+    from cycleqd.config import load_config
+    from cycleqd.errors import CycleQDError
+
+    start = time.perf_counter()
+    try:
+        cfg = load_config(config, overrides or [])
+        root = run_dir or Path("archives") / f"{cfg.name}-compare"
+
+        def show(record: dict[str, Any]) -> None:
+            test = record["test"]
+            average = sum(test[t] for t in cfg.task_names) / len(cfg.task_names)
+            console.print(
+                f"{record['method']:>20} seed {record['seed']}: average {average:.3f} "
+                f"({record['val_evaluations']} val evaluations, {record['seconds']:.0f} s)"
+            )
+
+        only = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
+        summary = run_compare(cfg, root, seeds=seeds, jobs=jobs, methods=only, on_cell=show)
+    except CycleQDError as exc:
+        _fail(exc)
+    console.print((root / "compare.md").read_text(), markup=False, highlight=False)
+    console.print(
+        f"{len(summary['methods'])} methods, {seeds} seed(s) in "
+        f"{(time.perf_counter() - start) / 60:.1f} min; written to {root}/compare.md, "
+        "compare.json, compare.png"
+    )
+
+
 experts_app = typer.Typer(
     no_args_is_help=True, help="The run's base and expert models: build them, or check them."
 )

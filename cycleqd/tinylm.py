@@ -307,3 +307,46 @@ def _build(root: Path, recipe: TinyLMRecipe) -> None:
         expert.save_pretrained(paths[s])
         tokenizer.save_pretrained(paths[s])
     (root / "done").write_text(json.dumps(asdict(recipe)))
+
+
+def build_multitask(cache_dir: Path, recipe: TinyLMRecipe | None = None, seed: int = 0) -> Path:
+    """The multi-task fine-tuning baseline: the base trained on every skill's data at once.
+
+    It takes as many steps as all experts together (``len(SKILLS) × expert_steps``) at the
+    experts' learning rate, on the union of their training examples; ``seed`` seeds the batches.
+    Cached beside the experts (built in a private folder, renamed into place).
+
+    Returns:
+        The fine-tuned model's Hugging Face directory (with the tokenizer).
+    """
+    from transformers import AutoTokenizer, LlamaForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    recipe = recipe or TinyLMRecipe()
+    base, _ = build(cache_dir, recipe)
+    out = base.parent / f"multitask-{seed}"
+    if (out / "config.json").is_file():
+        return out
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    examples = [
+        _encode(tokenizer, p, a, recipe.max_len)
+        for s in SKILLS
+        for p, a in _skill_examples(s, recipe.train_problems, recipe.seed)
+    ]
+    model = LlamaForCausalLM.from_pretrained(base)
+    steps = len(SKILLS) * recipe.expert_steps
+    pad = tokenizer.pad_token_id
+    _train(model, examples, steps, recipe.expert_lr, recipe, pad, 1000 + seed, "multi-task")
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if not (out / "config.json").is_file():
+            tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if bars:
+            hf_logging.enable_progress_bar()
+    return out
