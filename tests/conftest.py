@@ -147,3 +147,22 @@ def tinylm_micro(tmp_path_factory):
     cache = tmp_path_factory.mktemp("tinylm")
     source = TinyLMSource(**asdict(TinyLMRecipe.micro()))
     return cache, source, source.prepare(cache)
+
+
+def tiny_quickstart_yaml(path, cache, *, problems=4, final=None, evaluation=None, **evolution):
+    """The quickstart config on the micro tiny LMs in ``cache``: a run of seconds."""
+    from dataclasses import asdict
+
+    from cycleqd.tinylm import TinyLMRecipe
+
+    data = yaml.safe_load(open(REPO / "experiments" / "quickstart.yaml"))
+    data["cache_dir"] = str(cache)
+    data["models"]["params"] = asdict(TinyLMRecipe.micro())
+    for task in data["tasks"]:
+        task["params"] |= {"problems": problems, "test_problems": problems, "max_new_tokens": 8}
+    data["evolution"] |= evolution
+    data["final"] = final or {"lambdas": [0.5, 1.0]}
+    if evaluation:
+        data["evaluation"] = evaluation
+    path.write_text(yaml.safe_dump(data))
+    return path

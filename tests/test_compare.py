@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 
 import numpy as np
 import pytest
 import yaml
-from conftest import REPO, digits_yaml
+from conftest import digits_yaml, tiny_quickstart_yaml
 from typer.testing import CliRunner
 
 from cycleqd import load_config
@@ -101,13 +100,7 @@ def test_a_comparison_resumes_from_its_cells(digits_compare):
 
 def test_the_multitask_finetune_trains_as_long_as_all_experts(tinylm_micro, tmp_path):
     cache, _, _ = tinylm_micro
-    data = yaml.safe_load(open(REPO / "experiments" / "quickstart.yaml"))
-    data["cache_dir"] = str(cache)
-    data["models"]["params"] = asdict(TinyLMRecipe.micro())
-    for task in data["tasks"]:
-        task["params"] |= {"problems": 3, "test_problems": 3, "max_new_tokens": 8}
-    data["final"] = {"lambdas": [1.0]}
-    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(data))
+    tiny_quickstart_yaml(tmp_path / "tiny.yaml", cache, problems=3, final={"lambdas": [1.0]})
     result = CliRunner().invoke(
         app,
         ["compare", str(tmp_path / "tiny.yaml"), "--seeds", "1"]

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
 import nbformat
-import yaml
-from conftest import REPO
+from conftest import REPO, tiny_quickstart_yaml
 from nbclient import NotebookClient
 
 from cycleqd import Evolver, load_config
 from cycleqd.store import RunStore
-from cycleqd.tinylm import TinyLMRecipe
 
 
 def outputs(cell) -> str:
@@ -23,16 +19,11 @@ def outputs(cell) -> str:
 
 
 def test_the_inspect_archive_notebook_runs_on_a_finished_run(tinylm_micro, tmp_path, monkeypatch):
-    cache, _, _ = tinylm_micro
-    config = yaml.safe_load(open(REPO / "experiments" / "quickstart.yaml"))
-    config["cache_dir"] = str(cache)
-    config["models"]["params"] = asdict(TinyLMRecipe.micro())
-    for task in config["tasks"]:
-        task["params"] |= {"problems": 4, "test_problems": 4, "max_new_tokens": 8}
-    config["evolution"] |= {"generations": 3, "batch_size": 3, "bins": 5}
-    config["final"] = {"lambdas": [0.5, 1.0], "ties_densities": [0.5]}
-    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config))
-    cfg = load_config(tmp_path / "tiny.yaml")
+    final = {"lambdas": [0.5, 1.0], "ties_densities": [0.5]}
+    path = tiny_quickstart_yaml(
+        tmp_path / "tiny.yaml", tinylm_micro[0], final=final, generations=3, batch_size=3, bins=5
+    )
+    cfg = load_config(path)
     Evolver(cfg, RunStore.create(tmp_path / "run", cfg)).run()
 
     monkeypatch.setenv("CYCLEQD_RUN", str(tmp_path / "run"))

@@ -9,21 +9,19 @@ from __future__ import annotations
 import json
 import os
 import signal
-from dataclasses import asdict
 
 import numpy as np
 import pytest
 import ray
 import torch
 import yaml
-from conftest import digits_yaml, ray_yaml
+from conftest import digits_yaml, ray_yaml, tiny_quickstart_yaml
 
 from cycleqd import Evolver, Genome, load_config
 from cycleqd.evaluator import LocalEvaluator
 from cycleqd.models import load_models
 from cycleqd.scorers import SCORERS
 from cycleqd.store import RunStore
-from cycleqd.tinylm import TinyLMRecipe
 
 
 @pytest.fixture(scope="module")
@@ -115,17 +113,15 @@ def test_the_ordered_steady_schedule_scores_on_ray_as_in_process(tmp_path, digit
 
 
 def test_a_quickstart_style_run_on_two_workers_is_consistent(tmp_path, tinylm_micro, setup):
-    cache, _, _ = tinylm_micro
-    data = yaml.safe_load(open("experiments/quickstart.yaml"))
-    data["cache_dir"] = str(cache)
-    data["models"]["params"] = asdict(TinyLMRecipe.micro())
-    for task in data["tasks"]:
-        task["params"] |= {"problems": 4, "test_problems": 4, "max_new_tokens": 8}
-    data["evolution"] |= {"generations": 4, "batch_size": 3, "bins": 5}
-    data["final"] = {"lambdas": [0.5, 1.0]}
-    data["evaluation"] = {"backend": "ray", "workers": 2, "cpus_per_worker": 0.5}
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(data))
+    evaluation = {"backend": "ray", "workers": 2, "cpus_per_worker": 0.5}
+    path = tiny_quickstart_yaml(
+        tmp_path / "tiny.yaml",
+        tinylm_micro[0],
+        evaluation=evaluation,
+        generations=4,
+        batch_size=3,
+        bins=5,
+    )
     evolver, summary, events = run(path)  # steady, unordered: children come back in any order
     assert evolver.cfg.evaluation.steady and not evolver.cfg.evaluation.ordered
     assert_consistent(evolver, events)
