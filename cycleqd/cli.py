@@ -21,6 +21,12 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Evolve language-model experts into one model that holds all their skills (CycleQD).",
 )
+#: The ``--set key.sub=value`` option every command that reads a config takes.
+Overrides = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a config value: key.sub=value (repeatable)."),
+]
+
 console = Console()
 errors = Console(stderr=True)
 
@@ -63,10 +69,7 @@ def evolve(
     run_dir: Annotated[
         Path | None, typer.Option("--run-dir", help="Run folder (default: archives/<name>).")
     ] = None,
-    overrides: Annotated[
-        list[str] | None,
-        typer.Option("--set", help="Override a config value: key.sub=value (repeatable)."),
-    ] = None,
+    overrides: Overrides = None,
     ray_address: Annotated[
         str | None,
         typer.Option(
@@ -197,10 +200,7 @@ def compare(
         Path | None,
         typer.Option("--run-dir", help="Comparison folder (default: archives/<name>-compare)."),
     ] = None,
-    overrides: Annotated[
-        list[str] | None,
-        typer.Option("--set", help="Override a config value: key.sub=value (repeatable)."),
-    ] = None,
+    overrides: Overrides = None,
     methods: Annotated[
         str | None,
         typer.Option("--methods", help="Comma-separated methods to run (default: all)."),
@@ -253,10 +253,7 @@ app.add_typer(experts_app, name="experts")
 @experts_app.command("build")
 def experts_build(
     config: Annotated[Path, typer.Argument(help="YAML run config.")],
-    overrides: Annotated[
-        list[str] | None,
-        typer.Option("--set", help="Override a config value: key.sub=value (repeatable)."),
-    ] = None,
+    overrides: Overrides = None,
 ) -> None:
     """Build (or find in the cache) the base and experts a run config uses; print their paths.
 

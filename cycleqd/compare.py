@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -244,25 +245,15 @@ def _evolve(ctx: _Context, method: str, seed: int) -> tuple[dict[str, float], di
 
     cfg = _ablation(ctx.cfg, method, seed, ctx.gaussian_std())
     root = ctx.root / "runs" / f"{method}-seed{seed}"
-    store = RunStore.open(root) if (root / "checkpoint.json").is_file() else None
-    if store is None:
-        if root.exists():  # a run killed before its first checkpoint
-            import shutil
-
-            shutil.rmtree(root)
+    if (root / "checkpoint.json").is_file():
+        store = RunStore.open(root)
+    else:
+        shutil.rmtree(root, ignore_errors=True)  # a run killed before its first checkpoint
         store = RunStore.create(root, cfg)
     evolver = Evolver(cfg, store)
-    state = store.checkpoint()
-    if state is not None:
-        evolver._restore(state)
-    else:
-        evolver.seed()
-    if evolver.steady:
-        evolver.run_steady()
-    while evolver.generation < cfg.evolution.generations:
-        evolver.step()
+    evolver.evolve(resume=True)
     final, info = evolver.final_genome()
-    evolver.store.write_json("final.json", {k: v for k, v in info.items()})
+    evolver.store.write_json("final.json", info)
     ctx.evaluations = evolver.evaluations + len(info["candidates"]) * (len(info["candidates"]) > 1)
     report = LocalEvaluator(
         evolver.space, evolver.source, ctx.extra, materializer=evolver.materializer

@@ -381,6 +381,23 @@ class Evolver:
         Returns:
             The summary table (``summary.json``).
         """
+        try:
+            state = self.evolve(resume=resume)
+            summary = self._summary(state)
+        finally:
+            if self._owns_evaluator:
+                self.close()
+        return summary
+
+    def evolve(self, *, resume: bool = False) -> dict[str, Any] | None:
+        """Seed (or resume from the checkpoint) and evolve to the configured generation count.
+
+        Returns:
+            The checkpoint resumed from (``None`` for a new run).
+
+        Raises:
+            ConfigError: the run folder holds a run and ``resume`` is false.
+        """
         state = self.store.checkpoint()
         if state is not None:
             if not resume:
@@ -391,16 +408,11 @@ class Evolver:
         nodes = getattr(self.evaluator, "nodes", None)
         if nodes is not None:  # where the workers run (Ray): one event per start or resume
             self.store.append("events.jsonl", {"event": "workers", "nodes": nodes})
-        try:
-            if self.steady:
-                self.run_steady()
-            while self.generation < self.cfg.evolution.generations:
-                self.step()
-            summary = self._summary(state)
-        finally:
-            if self._owns_evaluator:
-                self.close()
-        return summary
+        if self.steady:
+            self.run_steady()
+        while self.generation < self.cfg.evolution.generations:
+            self.step()
+        return state
 
     def _summary(self, state: dict[str, Any] | None) -> dict[str, Any]:
         summary = self.store.read_json("summary.json")
