@@ -104,6 +104,17 @@ def sql_problem(problem, deadline):
     )
 
 
+def write_files(root, files, encoding):
+    """Write ``files`` (relative path -> text) under ``root``; paths leaving it are skipped."""
+    for path, content in files.items():
+        target = os.path.normpath(os.path.join(root, path))
+        if not target.startswith(root + "/"):
+            continue
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        with open(target, "wb") as fh:
+            fh.write(content.encode(encoding, "replace"))
+
+
 def run_child(kind, problem, limits):
     """Fork a child for one problem; return (stdout bytes, stderr bytes, status, why)."""
     if os.path.exists(JOB):
@@ -112,6 +123,8 @@ def run_child(kind, problem, limits):
         shutil.copytree(FIXTURE, JOB, symlinks=True)
     else:
         os.makedirs(JOB, exist_ok=True)
+    if kind == "shell":
+        write_files(JOB, problem.get("files", {}), "utf-8")
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
     deadline = time.monotonic() + limits["wall_s"]
@@ -191,13 +204,7 @@ def main():
         kind, limits = request["kind"], request["limits"]
         shutil.rmtree(FIXTURE, ignore_errors=True)
         os.makedirs(FIXTURE)
-        for path, content in request.get("files", {}).items():
-            target = os.path.normpath(os.path.join(FIXTURE, path))
-            if not target.startswith(FIXTURE + "/"):
-                continue
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            with open(target, "wb") as fh:
-                fh.write(content.encode("latin-1"))
+        write_files(FIXTURE, request.get("files", {}), "latin-1")
         if request.get("sqlite"):
             with sqlite3.connect(f"{FIXTURE}/db.sqlite") as db:
                 db.executescript(request["sqlite"])

@@ -4,8 +4,9 @@ Isolation is real, not a timeout: every pool worker is a bubblewrap (``bwrap``) 
 as an unprivileged user (``nobody`` when cycleqd runs as root) with
 
 * no network (its own, empty network namespace), its own PID, IPC and UTS namespaces;
-* no host files but ``/usr`` read-only — not the home directory, not the project, not ``/etc`` —
-  and a throw-away ``/tmp`` (tmpfs) as the only writable place;
+* no host files but ``/usr`` read-only (and ``/etc/alternatives``, the symlinks by which Debian
+  names ``awk`` and friends) — not the home directory, not the project, not the rest of ``/etc``
+  — and a throw-away ``/tmp`` (tmpfs) as the only writable place;
 * per problem: a fresh working directory (a fresh copy of the fixture for shell commands), and
   rlimits on CPU time, address space, processes and file size, a wall-clock limit and an output
   cap enforced by the worker; afterwards every process left in the container is killed;
@@ -150,6 +151,10 @@ def _command() -> tuple[list[str], int]:
         "--symlink",
         "usr/bin",
         "/bin",
+        # Debian reaches awk, editor and friends through these symlinks into /usr
+        "--ro-bind-try",
+        "/etc/alternatives",
+        "/etc/alternatives",
         "--tmpfs",
         "/tmp",
         "--proc",
@@ -260,7 +265,9 @@ class Sandbox:
                 evaluated on each of ``cases``, a list of keyword dicts; stdout: a JSON list of
                 ``{"ok", "value"}`` with ``repr`` values), ``"sql"`` (``code``: a query on the
                 ``sqlite`` database; stdout: JSON ``{"columns", "rows"}``) or ``"shell"``
-                (``code``: a ``/bin/sh`` command run in a fresh copy of ``files``).
+                (``code``: a ``/bin/sh`` command run in a fresh copy of ``files`` (with the
+                database as ``db.sqlite``, writable, when ``sqlite`` is given), to which a
+                problem's own ``files`` (path → UTF-8 text) are added).
             problems: one dict per problem.
             files: fixture files, relative path → text.
             sqlite: an SQL script that builds the database the queries read.
