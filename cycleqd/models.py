@@ -13,6 +13,8 @@ group) does three things:
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -24,7 +26,15 @@ from safetensors.torch import save_file
 from cycleqd._registry import Registry
 from cycleqd.errors import CycleQDError
 
-__all__ = ["SOURCES", "ModelSource", "PathsSource", "TOKENIZER_FILES", "load_models"]
+__all__ = [
+    "SOURCES",
+    "ModelSource",
+    "PathsSource",
+    "TOKENIZER_FILES",
+    "is_hub_id",
+    "load_models",
+    "resolve_model",
+]
 
 #: Files copied from the base model's directory into an exported checkpoint.
 TOKENIZER_FILES = (
@@ -38,6 +48,52 @@ TOKENIZER_FILES = (
     "chat_template.jinja",
     "generation_config.json",
 )
+
+
+#: What a run needs of a Hugging Face repository (no optimizer states, no duplicate formats).
+HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.jinja", "*.txt", "tokenizer*"]
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def is_hub_id(ref: str | Path) -> bool:
+    """Whether ``ref`` reads as a Hugging Face repository id (``org/name``), not a local path."""
+    text = str(ref)
+    return not Path(text).expanduser().exists() and bool(_HUB_ID.match(text))
+
+
+def resolve_model(ref: str | Path, *, download: bool = True) -> Path:
+    """A model reference as a local path.
+
+    A path that exists is returned as it is. An ``org/name`` Hugging Face id is looked up in the
+    local hub cache (``HF_HUB_CACHE``); with ``download`` and the hub reachable (``HF_HUB_OFFLINE``
+    unset) missing files are downloaded first: config, safetensors weights and tokenizer only.
+
+    Raises:
+        CycleQDError: a path that does not exist, or an id that is neither cached nor
+            downloadable (the message says how to fetch it or point at a local copy).
+    """
+    path = Path(ref).expanduser()
+    if path.exists():
+        return path
+    if not is_hub_id(ref):
+        raise CycleQDError(
+            f"model {str(ref)!r} does not exist: give a local path or an org/name id"
+        )
+    from huggingface_hub import snapshot_download
+
+    offline = not download or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+    try:
+        return Path(
+            snapshot_download(str(ref), allow_patterns=HUB_PATTERNS, local_files_only=offline)
+        )
+    except Exception as exc:  # offline miss, gated repo, no network: all need the same advice
+        where = "is not in the local Hugging Face cache" if offline else "could not be downloaded"
+        raise CycleQDError(
+            f"model {ref!r} {where} ({type(exc).__name__}). Download it on a machine with "
+            f"access (`hf download {ref}`, then copy the cache or set HF_HUB_CACHE), or set the "
+            "config's path to a local directory"
+        ) from None
 
 
 class ModelSource(Protocol):
@@ -86,9 +142,12 @@ def load_into(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor]) ->
 class PathsSource:
     """Base and experts given as Hugging Face model directories or ``.safetensors`` files.
 
+    A Hugging Face id (``meta-llama/Meta-Llama-3-8B-Instruct``) in place of a path is resolved
+    through the local hub cache, downloading it where the hub is reachable.
+
     Args:
-        base: the base model.
-        experts: task name → expert.
+        base: the base model (path or id).
+        experts: task name → expert (path or id).
         model: for plain state dicts, a dotted path ``package.module:factory`` of a callable
             returning the architecture as a torch module (transformers directories need none).
     """
@@ -106,7 +165,14 @@ class PathsSource:
         return (self.base / "config.json").is_file()
 
     def prepare(self, cache_dir: Path) -> tuple[Path, dict[str, Path]]:
-        """The configured paths (checked for existence when the weight space loads them)."""
+        """The configured paths, Hugging Face ids resolved through the hub cache.
+
+        Local paths are checked for existence when the weight space loads them; an id is
+        downloaded first where the hub is reachable (:func:`resolve_model`).
+        """
+        if is_hub_id(self.base):
+            self.base = resolve_model(self.base)
+        self.experts = {k: resolve_model(v) if is_hub_id(v) else v for k, v in self.experts.items()}
         return self.base, dict(self.experts)
 
     def make_model(self) -> torch.nn.Module:
@@ -131,6 +197,7 @@ class PathsSource:
         # built on the CPU, not the meta device: non-persistent buffers (rotary frequencies) are
         # computed at construction and are not in the checkpoint
         model = cls._from_config(config)
+        model.cycleqd_path = str(self.base)  # where an engine (vLLM) can build the same model
         if any((self.base / name).is_file() for name in ("tokenizer.json", "tokenizer.model")):
             # language-model scorers find the tokenizer here
             model.tokenizer = transformers.AutoTokenizer.from_pretrained(self.base)

@@ -166,3 +166,15 @@ def tiny_quickstart_yaml(path, cache, *, problems=4, final=None, evaluation=None
         data["evaluation"] = evaluation
     path.write_text(yaml.safe_dump(data))
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tinylm_micro):
+    """The micro tiny base language model, weights loaded, its tokenizer as ``model.tokenizer``."""
+    import transformers
+
+    _, _, (base, _) = tinylm_micro
+    model = transformers.AutoModelForCausalLM.from_pretrained(base)
+    model.tokenizer = transformers.AutoTokenizer.from_pretrained(base)
+    model.cycleqd_path = str(base)
+    return model.eval()

@@ -1,0 +1,123 @@
+"""What the scorers of real tasks share: data files, the backend, replies' code blocks."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from cycleqd.errors import CycleQDError
+from cycleqd.generation import Backend, Message, backend_for
+
+__all__ = ["GenerationSettings", "code_block", "read_records"]
+
+SPLITS = ("val", "test")
+
+
+def read_records(path: str | Path, *, what: str) -> list[dict[str, Any]]:
+    """The records of a JSONL file (one JSON object per line) or a JSON list.
+
+    Raises:
+        CycleQDError: a missing file, or a line that is not a JSON object (with its number).
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise CycleQDError(f"{what}: data file {path} does not exist")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json":
+        try:
+            records = json.loads(text)
+        except ValueError as exc:
+            raise CycleQDError(f"{what}: {path} is not valid JSON: {exc}") from None
+        if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+            raise CycleQDError(f"{what}: {path} must hold a JSON list of objects")
+        return records
+    records = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as exc:
+            raise CycleQDError(f"{what}: {path}, line {number}: not JSON ({exc})") from None
+        if not isinstance(record, dict):
+            raise CycleQDError(f"{what}: {path}, line {number}: expected a JSON object")
+        records.append(record)
+    if not records:
+        raise CycleQDError(f"{what}: {path} holds no records")
+    return records
+
+
+def require(record: dict[str, Any], keys: Sequence[str], *, what: str, where: str) -> None:
+    """Raise a clear error when ``record`` lacks any of ``keys``."""
+    missing = [k for k in keys if k not in record]
+    if missing:
+        raise CycleQDError(f"{what}: {where} lacks field(s) {missing}; it has {sorted(record)}")
+
+
+_BLOCK = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
+
+
+def code_block(text: str, languages: Sequence[str] = ()) -> str | None:
+    """The first fenced code block of ``text`` in one of ``languages`` (or unlabelled).
+
+    An unclosed block runs to the end of the text (a reply cut by the token limit).
+    ``None`` when the text has no fenced block.
+    """
+    fallback = None
+    for match in _BLOCK.finditer(text):
+        label, body = match.group(1).lower(), match.group(2)
+        if not languages or label in languages:
+            return body
+        if not label and fallback is None:
+            fallback = body
+    return fallback
+
+
+class GenerationSettings:
+    """The backend a scorer generates with, and its reply limits.
+
+    Args:
+        backend: a backend name (``transformers``, ``vllm``), a dotted path, or a backend object.
+        backend_params: the backend's parameters.
+        max_new_tokens: the longest reply.
+    """
+
+    def __init__(
+        self,
+        *,
+        backend: str | Backend = "transformers",
+        backend_params: dict[str, Any] | None = None,
+        max_new_tokens: int = 512,
+    ) -> None:
+        if max_new_tokens < 1:
+            raise CycleQDError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        self.backend, self.backend_params = backend, dict(backend_params or {})
+        self.max_new_tokens = max_new_tokens
+
+    def chat(
+        self, model: Any, conversations: Sequence[Sequence[Message]], stop: Sequence[str] = ()
+    ) -> list[str]:
+        """Greedy replies to ``conversations`` from the configured backend."""
+        if not conversations:
+            return []
+        backend = (
+            backend_for(model, self.backend, **self.backend_params)
+            if isinstance(self.backend, str)
+            else self.backend
+        )
+        replies = backend.chat(model, conversations, max_new_tokens=self.max_new_tokens, stop=stop)
+        if len(replies) != len(conversations):
+            raise CycleQDError(
+                f"the generation backend answered {len(replies)} of {len(conversations)} "
+                "conversations"
+            )
+        return list(replies)
+
+
+def check_split(split: str, what: str) -> None:
+    """Raise a clear error for a split other than val and test."""
+    if split not in SPLITS:
+        raise CycleQDError(f"{what}: unknown split {split!r}; use val or test")
