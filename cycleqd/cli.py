@@ -1,4 +1,4 @@
-"""The ``cycleqd`` command line: evolve, experts build, show, export.
+"""The ``cycleqd`` command line: evolve, compare, plan, experts build, show, export.
 
 Heavy libraries (torch, transformers, ribs, mergekit) are imported inside the commands, so that
 ``cycleqd --help`` answers at once.
@@ -6,6 +6,7 @@ Heavy libraries (torch, transformers, ribs, mergekit) are imported inside the co
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -242,6 +243,87 @@ def compare(
         f"{(time.perf_counter() - start) / 60:.1f} min; written to {root}/compare.md, "
         "compare.json, compare.png"
     )
+
+
+@app.command()
+def plan(
+    config: Annotated[Path, typer.Argument(help="YAML run config.")],
+    device: Annotated[
+        str, typer.Option("--device", help="h200, h100, a100-80gb, a100-40gb, l40s.")
+    ] = "h200",
+    memory_gb: Annotated[
+        float | None,
+        typer.Option("--memory-gb", help="A worker's memory, instead of the device's."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
+    overrides: Overrides = None,
+) -> None:
+    """Print a worker's memory and a child's cost; exit 1 if a worker cannot fit.
+
+    Nothing is loaded or started: shapes come from config.json / safetensors headers (or the
+    built-in table of the paper's models).
+    """
+    from cycleqd.config import load_config
+    from cycleqd.errors import CycleQDError
+    from cycleqd.plan import GiB, make_plan
+
+    try:
+        cfg = load_config(config, overrides)
+        result = make_plan(cfg, device=device, memory_gb=memory_gb)
+    except CycleQDError as exc:
+        _fail(exc)
+    if as_json:
+        typer.echo(json.dumps(result.to_json(), indent=2))
+        if not result.fits:
+            raise typer.Exit(1)
+        return
+    arch = result.architecture
+    workers = cfg.evaluation.workers if cfg.evaluation.backend == "ray" else 1
+    console.print(
+        f"[bold]{cfg.name}[/]: {len(cfg.tasks)} tasks, {arch.parameters / 1e9:.3g} B "
+        f"parameters ({arch.source}); one worker on {result.device.name}"
+    )
+    memory = Table(title="Memory per worker", title_justify="left")
+    memory.add_column("item")
+    memory.add_column("GiB", justify="right")
+    for name, size in result.memory.items():
+        memory.add_row(name, f"{size / GiB:.2f}")
+    verdict = "[green]fits[/]" if result.fits else "[red]does not fit[/]"
+    memory.add_row(
+        f"[bold]total[/] (budget {result.budget / GiB:.1f})",
+        f"[bold]{result.total / GiB:.2f}[/] {verdict}",
+    )
+    console.print(memory)
+    cost = Table(title="Cost per child (estimate)", title_justify="left")
+    cost.add_column("step")
+    cost.add_column("seconds", justify="right")
+    for name, secs in result.seconds.items():
+        cost.add_row(name, f"{secs:.2f}")
+    cost.add_row("[bold]total[/]", f"[bold]{result.per_child:.2f}[/]")
+    console.print(cost)
+    for w in result.workloads:
+        if w.sequences:
+            console.print(
+                f"  {w.task}: {w.problems} problems × {w.turns} turn(s), batch {w.batch}, "
+                f"context up to {w.sequence} tokens, backend {w.backend}"
+            )
+    console.print(
+        f"Run: {cfg.evolution.generations} generations × {cfg.evolution.batch_size} children "
+        f"on {workers} worker(s) ≈ {result.run_hours:.1f} h"
+    )
+    for note in result.notes:
+        console.print(f"  note: {note}")
+    for blocker in result.blockers:
+        errors.print(f"[bold red]error:[/] {blocker}", highlight=False)
+    if result.total > result.budget:
+        errors.print(
+            f"[bold red]error:[/] a worker needs {result.total / GiB:.1f} GiB but has "
+            f"{result.budget / GiB:.1f} GiB; largest items:"
+        )
+        for hint in result.advice():
+            errors.print(f"  - {hint}", highlight=False)
+    if not result.fits:
+        raise typer.Exit(1)
 
 
 experts_app = typer.Typer(

@@ -1,0 +1,534 @@
+"""``cycleqd plan``: what a worker of a run holds in memory and what a child costs, in advance.
+
+Memory per worker, from the models' shapes (read from ``config.json`` or safetensors headers, or a
+built-in table for the paper's Llama-3-8B family when neither is on the machine):
+
+* base: ``P`` parameters in the storage dtype;
+* task vectors: ``K × P``;
+* resident model: ``P`` (the child the evaluator materialises and scores);
+* SVD cache (``svd_expert`` mutation): per expert and target matrix ``m × n`` at rank ``r``,
+  ``U [m, r]``, ``S [r]``, ``V [n, r]`` in float32;
+* generation: the KV cache ``batch × sequence × layers × 2 × kv_heads × head_dim`` and the
+  prefill's activations ``batch × sequence × (4 hidden + 2 intermediate)`` plus the last
+  position's float32 logits, for the most demanding task; with the vLLM backend, the engine's
+  share of the device (``gpu_memory_utilization``) instead;
+* overhead: 2 GiB (CUDA context, allocator) plus 5 %.
+
+Cost per child: materialisation streams ``K + 2`` copies of the weights; SVD mutation is one
+GEMM per target matrix; decoding is bound by memory bandwidth (each step reads the weights and the
+KV cache once per batch); prefill by compute at half the device's peak. These are estimates for
+capacity planning, not measurements.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cycleqd.errors import CycleQDError
+
+__all__ = ["DEVICES", "Architecture", "Device", "Plan", "Workload", "architecture", "make_plan"]
+
+GiB = 1024**3
+
+
+@dataclass(frozen=True)
+class Device:
+    """A device's capacity.
+
+    Attributes:
+        name: what it is.
+        memory: bytes.
+        bandwidth: memory bandwidth, bytes per second.
+        flops: dense bf16 (or, on the CPU, fp32) FLOP/s.
+    """
+
+    name: str
+    memory: float
+    bandwidth: float
+    flops: float
+
+
+DEVICES = {
+    "h200": Device("NVIDIA H200 (141 GB)", 141e9, 4.8e12, 989e12),
+    "h100": Device("NVIDIA H100 SXM (80 GB)", 80e9, 3.35e12, 989e12),
+    "a100-80gb": Device("NVIDIA A100 (80 GB)", 80e9, 2.0e12, 312e12),
+    "a100-40gb": Device("NVIDIA A100 (40 GB)", 40e9, 1.55e12, 312e12),
+    "l40s": Device("NVIDIA L40S (48 GB)", 48e9, 0.864e12, 362e12),
+    "cpu": Device("CPU (host memory)", 0.0, 20e9, 0.5e12),
+}
+
+_DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "float64": 8}
+
+#: The paper's models, for planning on a machine that does not hold them (values from their
+#: published ``config.json``: Llama-3-8B and the experts fine-tuned from it share one shape).
+_LLAMA3_8B = {
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "hidden_size": 4096,
+    "intermediate_size": 14336,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "vocab_size": 128256,
+    "max_position_embeddings": 8192,
+    "tie_word_embeddings": False,
+    "torch_dtype": "bfloat16",
+}
+KNOWN_ARCHITECTURES: dict[str, dict[str, Any]] = {
+    "meta-llama/Meta-Llama-3-8B-Instruct": _LLAMA3_8B,
+    "meta-llama/Meta-Llama-3-8B": _LLAMA3_8B,
+    "SakanaAI/Llama-3-8B-Instruct-Coding-Expert": _LLAMA3_8B,
+    "SakanaAI/Llama-3-8B-Instruct-DB-Expert": _LLAMA3_8B,
+    "SakanaAI/Llama-3-8B-Instruct-OS-Expert": _LLAMA3_8B,
+}
+
+
+@dataclass
+class Architecture:
+    """The shapes a plan needs.
+
+    Attributes:
+        source: where they were read from.
+        parameters: floating parameters (what the weight space stores).
+        matrices: ``name → (m, n)`` of the 2-D parameters.
+        dtype_bytes: bytes per parameter as stored in the checkpoint.
+        layers, hidden, intermediate, kv_heads, head_dim, vocab, context: the transformer's
+            shape (0 where the model is not a transformer).
+    """
+
+    source: str
+    parameters: int
+    matrices: dict[str, tuple[int, int]]
+    dtype_bytes: int = 4
+    layers: int = 0
+    hidden: int = 0
+    intermediate: int = 0
+    kv_heads: int = 0
+    head_dim: int = 0
+    vocab: int = 0
+    context: int = 0
+
+
+def _from_config(config: Any, source: str) -> Architecture:
+    import torch
+    import transformers
+
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(config)
+    params = {n: tuple(p.shape) for n, p in model.named_parameters() if p.is_floating_point()}
+    text = getattr(config, "get_text_config", lambda: config)()
+    heads = getattr(text, "num_attention_heads", 0) or 0
+    hidden = getattr(text, "hidden_size", 0) or 0
+    head_dim = getattr(text, "head_dim", None) or (hidden // heads if heads else 0)
+    dtype = str(getattr(config, "dtype", None) or getattr(config, "torch_dtype", "float32"))
+    return Architecture(
+        source=source,
+        parameters=sum(math.prod(s) for s in params.values()),
+        matrices={n: (s[0], s[1]) for n, s in params.items() if len(s) == 2},
+        dtype_bytes=_DTYPE_BYTES.get(dtype.removeprefix("torch."), 4),
+        layers=getattr(text, "num_hidden_layers", 0) or 0,
+        hidden=hidden,
+        intermediate=getattr(text, "intermediate_size", 0) or 0,
+        kv_heads=getattr(text, "num_key_value_heads", None) or heads,
+        head_dim=head_dim,
+        vocab=getattr(text, "vocab_size", 0) or 0,
+        context=getattr(text, "max_position_embeddings", 0) or 0,
+    )
+
+
+def _from_safetensors(path: Path) -> Architecture:
+    from safetensors import safe_open
+
+    shapes: dict[str, tuple[int, ...]] = {}
+    size = 4
+    with safe_open(str(path), framework="pt") as fh:
+        for name in fh.keys():  # noqa: SIM118 - safe_open has no __iter__
+            piece = fh.get_slice(name)
+            dtype = piece.get_dtype()
+            if dtype.startswith(("F", "BF")):
+                shapes[name] = tuple(piece.get_shape())
+                size = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2}.get(dtype, size)
+    return Architecture(
+        source=f"safetensors header of {path}",
+        parameters=sum(math.prod(s) for s in shapes.values()),
+        matrices={n: (s[0], s[1]) for n, s in shapes.items() if len(s) == 2},
+        dtype_bytes=size,
+    )
+
+
+def architecture(ref: str | Path) -> Architecture:
+    """The shapes of the model at ``ref``, read without loading weights or downloading.
+
+    Looked up in order: a local Hugging Face directory (``config.json``) or ``.safetensors``
+    file; a Hugging Face id's ``config.json`` in the local hub cache; the built-in table of the
+    paper's models.
+
+    Raises:
+        CycleQDError: none of them knows ``ref`` (the message says what to provide).
+    """
+    import transformers
+
+    path = Path(ref).expanduser()
+    if path.is_file() and path.suffix == ".safetensors":
+        return _from_safetensors(path)
+    if (path / "config.json").is_file():
+        config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
+        return _from_config(config, f"{path / 'config.json'}")
+    from cycleqd.models import is_hub_id
+
+    if is_hub_id(ref):
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(str(ref), "config.json")
+        if isinstance(cached, str):
+            config = transformers.AutoConfig.from_pretrained(Path(cached).parent)
+            return _from_config(config, f"the Hugging Face cache ({cached})")
+        if str(ref) in KNOWN_ARCHITECTURES:
+            values = dict(KNOWN_ARCHITECTURES[str(ref)])
+            config = transformers.AutoConfig.for_model(values.pop("model_type"), **values)
+            return _from_config(config, f"cycleqd's table of the paper's models ({ref})")
+    raise CycleQDError(
+        f"cannot read the shape of model {str(ref)!r}: it is not a local Hugging Face directory "
+        "or .safetensors file, and its config.json is not in the Hugging Face cache "
+        f"(fetch it with `hf download {ref} config.json`)"
+    )
+
+
+@dataclass
+class Workload:
+    """What scoring one child on one task generates.
+
+    Attributes:
+        task: the task's name.
+        problems: val problems (each one conversation).
+        turns: model replies per problem (multi-turn tasks), at most.
+        prompt_tokens: tokens of a problem's first prompt.
+        new_tokens: tokens of a reply, at most.
+        batch: conversations decoded together.
+        backend: the generation backend.
+        gpu_memory_utilization: the vLLM engine's share of the device.
+        engine: the backend's parameters (tasks with equal ones share an engine).
+        assumed: which of these figures are defaults rather than read from the config or data.
+    """
+
+    task: str
+    problems: int
+    turns: int
+    prompt_tokens: int
+    new_tokens: int
+    batch: int
+    backend: str = "transformers"
+    gpu_memory_utilization: float = 0.0
+    engine: str = ""
+    assumed: list[str] = field(default_factory=list)
+
+    @property
+    def sequence(self) -> int:
+        """The longest context: the prompt and every turn's reply and observation (as long)."""
+        return self.prompt_tokens + self.turns * 2 * self.new_tokens - self.new_tokens
+
+    @property
+    def sequences(self) -> int:
+        """Replies generated per child."""
+        return self.problems * self.turns
+
+
+#: Per built-in scorer: (problems parameter, default problems, turns parameter, default turns,
+#: prompt tokens, default reply tokens). Prompt lengths are typical of the tasks' formats.
+_SHAPES: dict[str, tuple[str | None, int, str | None, int, int, int]] = {
+    "code_pass_at_1": (None, 164, None, 1, 400, 512),
+    "dbbench": (None, 100, "max_turns", 5, 700, 256),
+    "os_interaction": (None, 100, "max_turns", 8, 600, 256),
+    "lm_eval": (None, 1000, None, 1, 512, 1),
+    "skill_accuracy": ("problems", 100, None, 1, 24, 32),
+    "language_retention": ("documents", 40, None, 1, 128, 1),
+    "digits_accuracy": (None, 0, None, 0, 0, 0),
+}
+
+
+def _count(source: Any) -> int | None:
+    if source == "humaneval":
+        return 164
+    if isinstance(source, str) and Path(source).expanduser().is_file():
+        path = Path(source).expanduser()
+        if path.suffix == ".json":
+            data = json.loads(path.read_text())
+            return len(data) if isinstance(data, list) else None
+        return sum(1 for line in path.read_text().splitlines() if line.strip())
+    return None
+
+
+def workload(task: Any) -> Workload:
+    """The generation one child costs on ``task`` (a :class:`cycleqd.config.TaskConfig`)."""
+    params: Mapping[str, Any] = task.params
+    shape = _SHAPES.get(task.scorer)
+    assumed: list[str] = []
+    if shape is None:
+        shape = (None, 100, None, 1, 512, 256)
+        assumed.append("scorer unknown to the planner: 100 problems of 512 + 256 tokens")
+    count_key, problems, turns_key, turns, prompt, new = shape
+    if count_key and count_key in params:
+        problems = int(params[count_key])
+    elif task.scorer in ("code_pass_at_1", "dbbench", "os_interaction"):
+        counted = _count(params.get("val"))
+        if counted is None:
+            assumed.append(f"{problems} problems (val data not on this machine)")
+        else:
+            problems = counted
+    elif task.scorer == "lm_eval" and "limit" not in params:
+        assumed.append(f"{problems} documents per task (no limit set)")
+    if params.get("limit"):
+        problems = min(problems, int(params["limit"])) if problems else int(params["limit"])
+    if turns_key and turns_key in params:
+        turns = int(params[turns_key])
+    new = int(params.get("max_new_tokens", new) or new)
+    backend = params.get("backend", "transformers")
+    backend_params = params.get("backend_params", {}) or {}
+    batch = int(backend_params.get("batch_size", params.get("batch_size", 16)))
+    if task.scorer == "skill_accuracy":
+        batch = problems  # one decoding batch per split
+    if backend == "vllm":  # continuous batching: every conversation at once, up to max_num_seqs
+        batch = int(backend_params.get("max_num_seqs", 256))
+    return Workload(
+        task=task.name,
+        problems=problems,
+        turns=turns,
+        prompt_tokens=int(backend_params.get("max_prompt_tokens", prompt) or prompt),
+        new_tokens=new,
+        batch=max(1, min(batch, problems or 1)),
+        backend=str(backend),
+        gpu_memory_utilization=float(backend_params.get("gpu_memory_utilization", 0.35)),
+        engine=repr(sorted(backend_params.items())),
+        assumed=assumed,
+    )
+
+
+@dataclass
+class Plan:
+    """A worker's memory and a child's cost.
+
+    Attributes:
+        device: the device planned for.
+        budget: bytes one worker may use.
+        memory: item → bytes.
+        seconds: item → estimated seconds per child.
+        architecture: the model's shapes.
+        workloads: per task.
+        notes: assumptions and advice.
+        run_hours: the whole run's estimated duration on the configured workers.
+        dtype_bytes: bytes per stored weight.
+        blockers: reasons the run cannot work besides the total (a vLLM share too small).
+    """
+
+    device: Device
+    budget: float
+    memory: dict[str, float]
+    seconds: dict[str, float]
+    architecture: Architecture
+    workloads: list[Workload]
+    notes: list[str]
+    run_hours: float
+    dtype_bytes: int = 4
+    blockers: list[str] = field(default_factory=list)
+
+    @property
+    def total(self) -> float:
+        """Bytes one worker needs."""
+        return sum(self.memory.values())
+
+    @property
+    def fits(self) -> bool:
+        """Whether a worker fits its budget (and nothing else blocks it)."""
+        return self.total <= self.budget and not self.blockers
+
+    @property
+    def per_child(self) -> float:
+        """Estimated seconds per child."""
+        return sum(self.seconds.values())
+
+    def advice(self) -> list[str]:
+        """What to change when it does not fit, largest item first."""
+        hints = {
+            "svd cache": "lower evolution.mutation.params.rank (or use mutation svd_child)",
+            "task vectors": "store weights in bfloat16 (models.dtype: bfloat16)",
+            "base": "store weights in bfloat16 (models.dtype: bfloat16)",
+            "resident model": "store weights in bfloat16 (models.dtype: bfloat16)",
+            "kv cache": "lower the tasks' backend_params.batch_size or max_new_tokens",
+            "activations": "lower the tasks' backend_params.batch_size",
+            "vllm engine": "lower backend_params.gpu_memory_utilization",
+        }
+        if self.dtype_bytes <= 2:  # already 16-bit: the weights cannot shrink further here
+            for name in ("base", "task vectors", "resident model"):
+                hints[name] = "fewer tasks, or a device with more memory"
+        ranked = sorted(self.memory.items(), key=lambda kv: -kv[1])
+        return [
+            f"{name} ({size / GiB:.1f} GiB): {hints[name]}"
+            for name, size in ranked
+            if name in hints
+        ][:3]
+
+    def to_json(self) -> dict[str, Any]:
+        """The plan as plain data (``cycleqd plan --json``)."""
+        return {
+            "device": asdict(self.device),
+            "budget_bytes": self.budget,
+            "memory_bytes": self.memory,
+            "total_bytes": self.total,
+            "fits": self.fits,
+            "blockers": self.blockers,
+            "seconds_per_child": self.seconds,
+            "run_hours": self.run_hours,
+            "architecture": {k: v for k, v in asdict(self.architecture).items() if k != "matrices"},
+            "workloads": [asdict(w) | {"sequence": w.sequence} for w in self.workloads],
+            "notes": self.notes,
+        }
+
+
+def _svd_targets(arch: Architecture, mutation: Any) -> list[tuple[int, int]]:
+    from cycleqd.weights import DEFAULT_SVD_EXCLUDE
+
+    include = mutation.params.get("include")
+    exclude = mutation.params.get("exclude", DEFAULT_SVD_EXCLUDE)
+    return [
+        s
+        for n, s in arch.matrices.items()
+        if min(s) > 1
+        and (include is None or re.search(include, n))
+        and not (exclude and re.search(exclude, n))
+    ]
+
+
+def make_plan(config: Any, *, device: str = "h200", memory_gb: float | None = None) -> Plan:
+    """The plan of a :class:`cycleqd.config.RunConfig` on ``device``.
+
+    Args:
+        config: the run config.
+        device: a key of :data:`DEVICES` (ignored for ``models.device: cpu``, which plans for
+            the host's memory shared by the workers).
+        memory_gb: a worker's memory budget in GB, instead of the device's.
+
+    Raises:
+        CycleQDError: an unknown device, or models whose shapes cannot be read.
+    """
+    if device not in DEVICES:
+        raise CycleQDError(f"unknown device {device!r}; use one of {', '.join(DEVICES)}")
+    if config.models.source != "paths":
+        raise CycleQDError(
+            f"cycleqd plan reads models given by path or id (models.base / models.experts); "
+            f"source {config.models.source!r} builds its own small models, which need no plan"
+        )
+    notes: list[str] = []
+    blockers: list[str] = []
+    arch = architecture(config.models.base)
+    on_cpu = not str(config.models.device).startswith("cuda")
+    spec = DEVICES["cpu" if on_cpu else device]
+    evaluation = config.evaluation
+    workers = evaluation.workers if evaluation.backend == "ray" else 1
+    if memory_gb is not None:
+        budget = memory_gb * 1e9
+    elif on_cpu:
+        budget = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / workers
+        notes.append(f"models.device is {config.models.device}: planned for host memory")
+    else:
+        share = evaluation.gpus_per_worker if evaluation.backend == "ray" else 1.0
+        if share == 0:
+            share = 1.0
+            notes.append("evaluation.gpus_per_worker is 0: planned for one device per worker")
+        if share > 1:
+            notes.append(
+                f"gpus_per_worker={share:g}: a worker keeps its weights on one device; the "
+                "plan counts one device"
+            )
+        budget = spec.memory * min(share, 1.0)
+        spec = Device(spec.name, budget, spec.bandwidth, spec.flops)
+    k = len(config.tasks)
+    b = _DTYPE_BYTES[config.models.dtype] if config.models.dtype else arch.dtype_bytes
+    p = arch.parameters
+    memory = {"base": p * b, "task vectors": k * p * b, "resident model": p * b}
+    mutation = config.evolution.mutation
+    targets = _svd_targets(arch, mutation)
+    if mutation.name == "svd_expert":
+        rank = mutation.params.get("rank")
+        floats = sum(
+            (m + n) * (min(m, n) if rank is None else min(rank, m, n))
+            + (min(m, n) if rank is None else min(rank, m, n))
+            for m, n in targets
+        )
+        memory["svd cache"] = k * floats * 4
+    loads = [workload(t) for t in config.tasks]
+    for w in loads:
+        notes += [f"{w.task}: assumed {a}" for a in w.assumed]
+    generating = [w for w in loads if w.sequences and w.new_tokens]
+    per_token = arch.layers * 2 * arch.kv_heads * arch.head_dim * b  # KV bytes per token
+    hf = [w for w in generating if w.backend != "vllm"]
+    if hf and arch.layers:
+        memory["kv cache"] = max(w.batch * min(w.sequence, arch.context or w.sequence) for w in hf)
+        memory["kv cache"] *= per_token
+        # the prefill of the longest context, one layer at a time, and the last position's logits
+        tokens = max(w.batch * min(w.sequence, arch.context or w.sequence) for w in hf)
+        logits = max(w.batch for w in hf) * arch.vocab * 4
+        memory["activations"] = tokens * (4 * arch.hidden + 2 * arch.intermediate) * b + logits
+    for w in generating:
+        if w.backend == "vllm" and per_token and not on_cpu:
+            # the engine's KV cache is its share of the device less its copy of the weights:
+            # sequences beyond it wait (vLLM preempts), so the batch is what fits
+            room = w.gpu_memory_utilization * spec.memory - p * b
+            w.batch = max(0, min(w.batch, int(room // (w.sequence * per_token))))
+            if w.batch == 0:
+                blockers.append(
+                    f"{w.task}: the vLLM engine's share ({w.gpu_memory_utilization:g} of the "
+                    "device) cannot hold the weights and one sequence: raise "
+                    "backend_params.gpu_memory_utilization"
+                )
+                w.batch = 1
+    engines = {w.engine: w.gpu_memory_utilization for w in generating if w.backend == "vllm"}
+    if engines:
+        # tasks with the same backend_params share one engine per worker; others add their own
+        memory["vllm engine"] = sum(engines.values()) * (spec.memory if not on_cpu else budget)
+        if len(engines) > 1:
+            notes.append(
+                f"{len(engines)} vLLM engines per worker: give every task the same "
+                "backend_params to share one"
+            )
+    memory["overhead"] = 2 * GiB + 0.05 * sum(memory.values())
+
+    # --- cost per child ------------------------------------------------------------------
+    seconds = {"materialise": (k + 2) * p * b / spec.bandwidth}
+    if mutation.name in ("svd_expert", "svd_child"):
+        rank = mutation.params.get("rank") or (16 if mutation.name == "svd_child" else None)
+        flops = sum(
+            2 * m * n * (min(m, n) if rank is None else min(rank, m, n)) for m, n in targets
+        )
+        if mutation.name == "svd_child":
+            flops *= 3  # sketch, power iteration and reconstruction
+        seconds["mutation"] = flops / spec.flops
+    for w in generating:
+        batches = math.ceil(w.problems / w.batch) * w.turns
+        kv_read = w.batch * w.sequence * arch.layers * 2 * arch.kv_heads * arch.head_dim * b / 2
+        decode = batches * w.new_tokens * (p * b + kv_read) / spec.bandwidth
+        context = (w.prompt_tokens + w.sequence) / 2  # a turn's prompt, on average
+        prefill = 2 * p * w.sequences * context / (0.5 * spec.flops)
+        seconds[f"generate {w.task}"] = decode + prefill
+    children = config.evolution.generations * config.evolution.batch_size
+    run_hours = children * sum(seconds.values()) / workers / 3600
+    if spec.memory == 0:
+        spec = Device(spec.name, budget, spec.bandwidth, spec.flops)
+    return Plan(
+        spec,
+        budget,
+        memory,
+        seconds,
+        arch,
+        loads,
+        notes,
+        run_hours,
+        dtype_bytes=b,
+        blockers=blockers,
+    )

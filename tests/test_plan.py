@@ -1,0 +1,176 @@
+"""``cycleqd plan``: the memory and cost arithmetic, the refusal, reading model shapes offline."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import yaml
+from conftest import REPO
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from cycleqd.cli import app
+from cycleqd.config import load_config
+from cycleqd.errors import CycleQDError
+from cycleqd.models import PathsSource, resolve_model
+from cycleqd.plan import GiB, architecture, make_plan
+from cycleqd.weights import DEFAULT_SVD_EXCLUDE
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def small_config(tmp_path, tiny_llama_dirs):
+    base, experts = tiny_llama_dirs
+    questions = tmp_path / "db.jsonl"
+    questions.write_text("".join(json.dumps({"question": f"q{i}"}) + "\n" for i in range(3)))
+    generation = {"max_new_tokens": 4, "backend_params": {"batch_size": 4, "max_prompt_tokens": 8}}
+    data = {
+        "name": "small",
+        "models": {
+            "base": str(base),
+            "experts": {"code": str(experts["code"]), "sql": str(experts["sql"])},
+            "device": "cuda",
+        },
+        "tasks": [
+            {
+                "name": "code",
+                "scorer": "code_pass_at_1",
+                "params": {"val": "humaneval", "limit": 10, **generation},
+            },
+            {
+                "name": "sql",
+                "scorer": "dbbench",
+                "params": {"val": str(questions), "max_turns": 2, **generation},
+            },
+        ],
+        "evolution": {
+            "generations": 10,
+            "batch_size": 4,
+            "mutation": {"name": "svd_expert", "params": {"rank": 2}},
+        },
+    }
+    path = tmp_path / "small.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path, base
+
+
+def test_plan_arithmetic_on_a_small_config(small_config):
+    path, base = small_config
+    plan = make_plan(load_config(path), device="h200")
+    weights = load_file(base / "model.safetensors")
+    params = sum(t.numel() for t in weights.values() if t.is_floating_point())
+    assert plan.architecture.parameters == params
+    assert plan.memory["base"] == params * 4  # float32 as stored
+    assert plan.memory["task vectors"] == 2 * params * 4
+    assert plan.memory["resident model"] == params * 4
+    svd = sum(
+        (t.shape[0] + t.shape[1]) * 2 + 2
+        for name, t in weights.items()
+        if t.dim() == 2 and not re.search(DEFAULT_SVD_EXCLUDE, name)
+    )
+    assert plan.memory["svd cache"] == 2 * svd * 4  # two experts, rank 2, float32 factors
+    code, sql = plan.workloads
+    assert (code.problems, code.turns, code.batch, code.sequence) == (10, 1, 4, 12)
+    assert (sql.problems, sql.turns, sql.batch, sql.sequence) == (3, 2, 3, 20)
+    per_token = 2 * 2 * 1 * 8 * 4  # layers × (K, V) × kv heads × head dim × bytes
+    assert plan.memory["kv cache"] == 3 * 20 * per_token
+    assert plan.memory["activations"] == 3 * 20 * (4 * 16 + 2 * 32) * 4 + 4 * 64 * 4
+    rest = sum(v for k, v in plan.memory.items() if k != "overhead")
+    assert plan.memory["overhead"] == pytest.approx(2 * GiB + 0.05 * rest)
+    assert plan.budget == 141e9 and plan.fits
+    decode_code = 3 * 4 * (params * 4 + 4 * 12 * per_token / 2) / 4.8e12  # 3 batches × 4 steps
+    assert plan.seconds["generate code"] > decode_code
+    assert plan.run_hours == pytest.approx(40 * plan.per_child / 3600)
+
+
+def test_plan_refuses_what_does_not_fit(small_config):
+    path, _ = small_config
+    result = runner.invoke(app, ["plan", str(path), "--memory-gb", "1"])
+    assert result.exit_code == 1
+    assert "does not fit" in result.output and "a worker needs 2.0 GiB but has 0.9 GiB" in (
+        result.output
+    )
+    result = runner.invoke(app, ["plan", str(path), "--json"])
+    assert result.exit_code == 0
+    data = json.loads(result.output)
+    assert data["fits"] and data["memory_bytes"]["svd cache"] > 0
+    result = runner.invoke(app, ["plan", str(path), "--device", "tpu"])
+    assert result.exit_code == 2 and "unknown device 'tpu'" in result.output
+
+
+def test_plan_vllm_engine_share_and_blockers(small_config):
+    path, _ = small_config
+    cfg = load_config(
+        path,
+        [
+            "tasks.0.params.backend=vllm",
+            "tasks.1.params.backend=vllm",
+            "tasks.0.params.backend_params={gpu_memory_utilization: 0.25}",
+            "tasks.1.params.backend_params={gpu_memory_utilization: 0.25}",
+        ],
+    )
+    plan = make_plan(cfg, device="h100")
+    assert plan.memory["vllm engine"] == pytest.approx(0.25 * 80e9)  # one shared engine
+    assert "kv cache" not in plan.memory and plan.fits
+    cfg = load_config(path, ["tasks.1.params.backend=vllm"])  # a second engine, other params
+    cfg.tasks[0].params["backend"] = "vllm"
+    cfg.tasks[0].params["backend_params"] = {"gpu_memory_utilization": 0.3}
+    plan = make_plan(cfg, device="h100")
+    assert plan.memory["vllm engine"] == pytest.approx((0.3 + 0.35) * 80e9)
+    assert any("2 vLLM engines" in n for n in plan.notes)
+
+
+def test_the_papers_config_plans_for_one_h200():
+    result = runner.invoke(app, ["plan", str(REPO / "experiments/llama3_8b_agentbench.yaml")])
+    assert result.exit_code == 0, result.output
+    assert "8.03 B parameters" in result.output and "NVIDIA H200" in result.output
+    assert "fits" in result.output
+    plan = make_plan(load_config(REPO / "experiments/llama3_8b_agentbench.yaml"))
+    assert plan.architecture.parameters == 8_030_261_248  # Llama-3-8B's published count
+    assert plan.memory["base"] == 8_030_261_248 * 2  # bfloat16
+    full = make_plan(
+        load_config(
+            REPO / "experiments/llama3_8b_agentbench.yaml",
+            ["evolution.mutation.params.rank=null"],
+        )
+    )
+    assert not full.fits and full.advice()[0].startswith("svd cache")
+
+
+def _fake_hub_cache(root, repo_id, model_dir):
+    """Lay ``model_dir``'s files out as the Hugging Face cache does for ``repo_id``."""
+    commit = "0" * 40
+    folder = root / f"models--{repo_id.replace('/', '--')}"
+    snapshot = folder / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    for item in model_dir.iterdir():
+        (snapshot / item.name).write_bytes(item.read_bytes())
+    (folder / "refs").mkdir()
+    (folder / "refs" / "main").write_text(commit)
+    return snapshot
+
+
+def test_hub_ids_resolve_through_the_local_cache(tmp_path, tiny_llama_dirs, monkeypatch):
+    base, experts = tiny_llama_dirs
+    cache = tmp_path / "hub"
+    snapshot = _fake_hub_cache(cache, "acme/tiny-base", base)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert resolve_model("acme/tiny-base") == snapshot
+    assert architecture("acme/tiny-base").source.startswith("the Hugging Face cache")
+    source = PathsSource(base="acme/tiny-base", experts={"code": str(experts["code"])})
+    resolved_base, resolved = source.prepare(tmp_path)
+    assert resolved_base == snapshot and resolved["code"] == experts["code"]
+    with pytest.raises(CycleQDError, match="not in the local Hugging Face cache.*hf download"):
+        resolve_model("acme/not-cached")
+    with pytest.raises(CycleQDError, match="cannot read the shape.*hf download"):
+        architecture("acme/not-cached")
+    with pytest.raises(CycleQDError, match="does not exist"):
+        resolve_model(str(tmp_path / "no" / "such" / "dir"))
