@@ -128,7 +128,14 @@ def test_the_papers_config_plans_for_one_h200():
     assert result.exit_code == 0, result.output
     assert "8.03 B parameters" in result.output and "NVIDIA H200" in result.output
     assert "fits" in result.output
-    plan = make_plan(load_config(REPO / "experiments/llama3_8b_agentbench.yaml"))
+    cfg = load_config(REPO / "experiments/llama3_8b_agentbench.yaml")
+    cfg.check_names()  # every scorer and operator it names exists
+    assert [t.scorer for t in cfg.tasks] == ["code_pass_at_1", "dbbench", "os_interaction"]
+    from cycleqd.scorers import SCORERS
+
+    with pytest.raises(CycleQDError, match="data/dbbench/dev.jsonl does not exist"):
+        SCORERS.build(cfg.tasks[1].scorer, **cfg.tasks[1].params)
+    plan = make_plan(cfg)
     assert plan.architecture.parameters == 8_030_261_248  # Llama-3-8B's published count
     assert plan.memory["base"] == 8_030_261_248 * 2  # bfloat16
     full = make_plan(

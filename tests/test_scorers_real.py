@@ -394,3 +394,11 @@ def test_a_run_scores_with_the_real_task_scorers(tmp_path, tinylm_micro):
     for scores in summary["methods"].values():
         assert set(scores) == {"code", "sql", "shell"}
         assert all(0.0 <= v <= 1.0 for v in scores.values())
+
+
+def test_a_source_model_knows_its_directory_and_generation_config(tinylm_micro):
+    """What the backends need of the evaluator's model: vLLM's build path, the end-of-turn ids."""
+    _, source, (base, _) = tinylm_micro
+    model = source.make_model()
+    assert model.cycleqd_path == str(base)
+    assert model.generation_config.eos_token_id == model.tokenizer.eos_token_id
