@@ -56,8 +56,13 @@ class Backend(Protocol):
         *,
         max_new_tokens: int,
         stop: Sequence[str] = (),
+        chat_template: str | None = None,
     ) -> list[str]:
-        """One reply per conversation, cut before the first ``stop`` string."""
+        """One reply per conversation, cut before the first ``stop`` string.
+
+        ``chat_template`` (a Jinja template) replaces the tokenizer's own; scorers pass it only
+        when the user set one, so a backend may leave the argument out.
+        """
 
 
 #: Generation backends by name; plug-ins through the ``cycleqd.backends`` entry-point group.
@@ -74,15 +79,19 @@ def cut(text: str, stop: Sequence[str]) -> str:
     return text[:end]
 
 
-def render_chat(tokenizer: Any, messages: Sequence[Message]) -> str:
-    """The prompt of ``messages``: the tokenizer's chat template with the assistant's turn opened.
+def render_chat(
+    tokenizer: Any, messages: Sequence[Message], chat_template: str | None = None
+) -> str:
+    """The prompt of ``messages``: a chat template with the assistant's turn opened.
 
-    A tokenizer without a chat template (a base model, the embedded tiny models) gets the
-    plain ``role: content`` transcript ending in ``assistant:``.
+    ``chat_template`` replaces the tokenizer's (an expert fine-tuned with its own format, as the
+    paper's coding expert was). A tokenizer without a template (a base model, the embedded tiny
+    models) gets the plain ``role: content`` transcript ending in ``assistant:``.
     """
-    if getattr(tokenizer, "chat_template", None):
+    if chat_template or getattr(tokenizer, "chat_template", None):
+        extra = {"chat_template": chat_template} if chat_template else {}
         return tokenizer.apply_chat_template(
-            list(messages), tokenize=False, add_generation_prompt=True
+            list(messages), tokenize=False, add_generation_prompt=True, **extra
         )
     lines = [f"{m['role']}: {m['content']}" for m in messages]
     return "\n".join([*lines, "assistant:"])
@@ -111,6 +120,7 @@ class TransformersBackend:
         *,
         max_new_tokens: int,
         stop: Sequence[str] = (),
+        chat_template: str | None = None,
     ) -> list[str]:
         """Greedy replies, ``batch_size`` conversations at a time."""
         tokenizer = getattr(model, "tokenizer", None)
@@ -129,7 +139,8 @@ class TransformersBackend:
         if keep is None and isinstance(context, int) and context > max_new_tokens:
             keep = context - max_new_tokens  # the prompt's end and the reply fit the context
         out: list[str] = []
-        prompts = [render_chat(tokenizer, c) for c in conversations]
+        prompts = [render_chat(tokenizer, c, chat_template) for c in conversations]
+        templated = bool(chat_template or getattr(tokenizer, "chat_template", None))
         for start in range(0, len(prompts), self.batch_size):
             chunk = prompts[start : start + self.batch_size]
             encoded = tokenizer(
@@ -137,7 +148,7 @@ class TransformersBackend:
                 return_tensors="pt",
                 padding=True,
                 padding_side="left",
-                add_special_tokens=not getattr(tokenizer, "chat_template", None),
+                add_special_tokens=not templated,  # a template writes its own BOS
             )
             ids, mask = encoded["input_ids"], encoded["attention_mask"]
             if keep and ids.shape[1] > keep:
@@ -275,13 +286,17 @@ class VLLMBackend:
         *,
         max_new_tokens: int,
         stop: Sequence[str] = (),
+        chat_template: str | None = None,
     ) -> list[str]:
         """Greedy replies from the engine, after syncing the weights."""
         self.sync(model)
         assert self.sampling is not None or self.engine is not None
         make = self.sampling or (lambda **kw: kw)
         params = make(temperature=0.0, max_tokens=max_new_tokens, stop=list(stop) or None)
-        outputs = self.engine.chat([list(c) for c in conversations], params, use_tqdm=False)
+        extra = {"chat_template": chat_template} if chat_template else {}
+        outputs = self.engine.chat(
+            [list(c) for c in conversations], params, use_tqdm=False, **extra
+        )
         return [cut(o.outputs[0].text, stop) for o in outputs]
 
 

@@ -108,6 +108,71 @@ def test_the_shipped_mbpp_sample_passes_its_own_solutions():
     assert len(scorer.problems["val"]) == 4 and scorer(None, "val") == 1.0
 
 
+EVALPLUS = [
+    {  # MBPP+: the prompt is a docstring, the solution a whole function
+        "task_id": "Mbpp/1",
+        "prompt": '"""\nWrite a function to return the mean of a list of numbers.\n"""\n',
+        "entry_point": "mean",
+        "canonical_solution": "def mean(xs):\n    return sum(xs) / len(xs)\n",
+        "base_input": [[[1, 2, 3]], [[0.1, 0.2]]],
+        "plus_input": [[[1e-9, 3e-9, 5e-9]]],
+        "atol": 1e-12,
+    },
+    {  # HumanEval+: the prompt is a signature, the solution a body
+        "task_id": "HumanEval/x",
+        "prompt": "from typing import List\n\n\ndef evens(xs: List[int]) -> List[int]:\n"
+        '    """The even numbers of xs."""\n',
+        "entry_point": "evens",
+        "canonical_solution": "    return [x for x in xs if x % 2 == 0]\n",
+        "base_input": [[[1, 2, 3, 4]], [[]]],
+        "plus_input": [[[-2, -1]]],
+    },
+]
+
+
+def test_evalplus_records_compare_with_the_canonical_outputs(tmp_path):
+    path = tmp_path / "plus.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in EVALPLUS))
+    for plus in (False, True):
+        scorer = CodePassAt1(val=str(path), plus_inputs=plus)
+        assert [p.kind for p in scorer.problems["val"]] == ["evalplus", "evalplus"]
+        scorer.generation.backend = oracle(scorer)
+        assert scorer(None, "val") == 1.0
+    base_only = [  # right on the base inputs, wrong on the plus ones
+        "```python\ndef mean(xs):\n    return round(sum(xs) / len(xs), 2)\n```",
+        "    return [x for x in xs if x % 2 == 0 and x >= 0]\n",  # a body completing the prompt
+    ]
+    plain = CodePassAt1(val=str(path))
+    assert plain.passed(plain.problems["val"], base_only) == [True, True]
+    plus = CodePassAt1(val=str(path), plus_inputs=True)
+    assert plus.passed(plus.problems["val"], base_only) == [False, False]
+    tuples = ["```python\ndef mean(xs):\n    return (sum(xs) / len(xs),)\n```"] * 2
+    assert plain.passed(plain.problems["val"], tuples) == [False, False]
+
+
+def test_stop_strings_and_a_chat_template_reach_the_backend(mbpp_file, tiny_lm):
+    seen = {}
+
+    class Recorder:
+        def chat(self, model, conversations, *, max_new_tokens, stop=(), chat_template=None):
+            seen.update(stop=list(stop), template=chat_template, tokens=max_new_tokens)
+            return ["```python\npass\n```"] * len(conversations)
+
+    template = "{% for m in messages %}@@ {{ m['content'] }}\n{% endfor %}@@ Response:"
+    scorer = CodePassAt1(
+        val=str(mbpp_file),
+        backend=Recorder(),
+        stop=["@@ Instruction"],
+        chat_template=template,
+        max_new_tokens=7,
+    )
+    assert scorer(None, "val") == 0.0
+    assert seen == {"stop": ["@@ Instruction"], "template": template, "tokens": 7}
+    messages = scorer.conversations("val")[0]
+    assert render_chat(tiny_lm.tokenizer, messages, template).startswith("@@ Write a function")
+    assert render_chat(tiny_lm.tokenizer, messages, template).endswith("@@ Response:")
+
+
 def test_hostile_code_fails_inside_the_sandbox(mbpp_file):
     scorer = CodePassAt1(val=str(mbpp_file), limit=3, timeout_s=2)
     replies = [
@@ -288,8 +353,8 @@ class FakeVLLM:
     def reset_prefix_cache(self):
         self.resets += 1
 
-    def chat(self, messages, sampling_params, use_tqdm=True):
-        self.params = sampling_params
+    def chat(self, messages, sampling_params, use_tqdm=True, **kwargs):
+        self.params, self.kwargs = sampling_params, kwargs
         self.prompts.append(messages)
         return [
             SimpleNamespace(outputs=[SimpleNamespace(text=f"reply {i}\nmore")])
@@ -321,6 +386,9 @@ def test_vllm_backend_pushes_weights_once_per_version():
     backend.chat(model, conversations, max_new_tokens=7)
     backend.chat(model, conversations, max_new_tokens=7)
     assert len(engine.rpcs) == 4 and backend.updates == 4
+    assert engine.kwargs == {}
+    backend.chat(model, conversations, max_new_tokens=7, chat_template="{{ messages }}")
+    assert engine.kwargs == {"chat_template": "{{ messages }}"}  # vLLM's own chat argument
 
 
 def test_vllm_backend_without_vllm_says_how_to_install():

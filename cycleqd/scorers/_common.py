@@ -83,6 +83,8 @@ class GenerationSettings:
         backend: a backend name (``transformers``, ``vllm``), a dotted path, or a backend object.
         backend_params: the backend's parameters.
         max_new_tokens: the longest reply.
+        chat_template: a Jinja chat template used instead of the tokenizer's (``None``: the
+            tokenizer's).
     """
 
     def __init__(
@@ -91,11 +93,12 @@ class GenerationSettings:
         backend: str | Backend = "transformers",
         backend_params: dict[str, Any] | None = None,
         max_new_tokens: int = 512,
+        chat_template: str | None = None,
     ) -> None:
         if max_new_tokens < 1:
             raise CycleQDError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         self.backend, self.backend_params = backend, dict(backend_params or {})
-        self.max_new_tokens = max_new_tokens
+        self.max_new_tokens, self.chat_template = max_new_tokens, chat_template
 
     def chat(
         self, model: Any, conversations: Sequence[Sequence[Message]], stop: Sequence[str] = ()
@@ -108,7 +111,10 @@ class GenerationSettings:
             if isinstance(self.backend, str)
             else self.backend
         )
-        replies = backend.chat(model, conversations, max_new_tokens=self.max_new_tokens, stop=stop)
+        extra = {"chat_template": self.chat_template} if self.chat_template else {}
+        replies = backend.chat(
+            model, conversations, max_new_tokens=self.max_new_tokens, stop=stop, **extra
+        )
         if len(replies) != len(conversations):
             raise CycleQDError(
                 f"the generation backend answered {len(replies)} of {len(conversations)} "

