@@ -470,3 +470,16 @@ def test_a_source_model_knows_its_directory_and_generation_config(tinylm_micro):
     model = source.make_model()
     assert model.cycleqd_path == str(base)
     assert model.generation_config.eos_token_id == model.tokenizer.eos_token_id
+
+
+def test_the_papers_coding_task_renders_the_experts_format(tiny_lm):
+    from cycleqd.config import load_config
+
+    params = load_config(REPO / "experiments" / "llama3_8b_agentbench.yaml").tasks[0].params
+    messages = [
+        {"role": "system", "content": params["system_prompt"]},
+        {"role": "user", "content": "Write f."},
+    ]
+    text = render_chat(tiny_lm.tokenizer, messages, params["chat_template"])
+    assert text.endswith("user instructions.\n\n@@ Instruction:\nWrite f.\n\n@@ Response:")
+    assert params["stop"] == ["@@ Instruction", "@@ Response"]
