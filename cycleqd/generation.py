@@ -190,7 +190,10 @@ class VLLMWeightSync:
     def cycleqd_load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> int:
         """Load ``(name, tensor)`` pairs into the engine's model; how many were given."""
         pairs = list(weights)
-        self.model_runner.model.load_weights(weights=pairs)  # type: ignore[attr-defined]
+        # the worker's get_model() (vLLM's public worker method); older workers: the runner's
+        get_model = getattr(self, "get_model", None)
+        model = get_model() if callable(get_model) else self.model_runner.model  # type: ignore[attr-defined]
+        model.load_weights(weights=pairs)
         return len(pairs)
 
 
@@ -250,13 +253,15 @@ class VLLMBackend:
             )
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
-        self.engine = vllm.LLM(
-            model=str(path),
-            dtype=dtype,
-            tensor_parallel_size=1,
-            enforce_eager=False,
-            worker_extension_cls=f"{__name__}.VLLMWeightSync",
+        options = {
+            "dtype": dtype,
+            "tensor_parallel_size": 1,
+            # the worker in this process: collective_rpc hands tensors over by reference
+            "distributed_executor_backend": "uni",
             **self.engine_kwargs,
+        }
+        self.engine = vllm.LLM(
+            model=str(path), worker_extension_cls=f"{__name__}.VLLMWeightSync", **options
         )
         if self.sampling is None:
             self.sampling = vllm.SamplingParams

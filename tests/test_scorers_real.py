@@ -331,9 +331,13 @@ def test_transformers_backend_batches_and_stops(tiny_lm):
 
 
 class FakeVLLM:
-    """vLLM's ``LLM`` as the backend uses it: collective_rpc into a worker with the extension."""
+    """vLLM's ``LLM`` as the backend uses it: collective_rpc into a worker with the extension.
 
-    def __init__(self):
+    ``public``: the worker has ``get_model()`` (vLLM's worker method); else only the runner's
+    ``model`` attribute (older workers).
+    """
+
+    def __init__(self, public=True):
         loaded = self.loaded = {}
 
         class Model:
@@ -341,10 +345,14 @@ class FakeVLLM:
                 for name, tensor in weights:
                     loaded[name] = tensor.clone()
 
-        class Worker(VLLMWeightSync):  # vLLM mixes worker_extension_cls into its worker class
+        class Worker:
             model_runner = SimpleNamespace(model=Model())
 
-        self.worker, self.rpcs, self.resets, self.prompts = Worker(), [], 0, []
+        if public:
+            Worker.get_model = lambda self: self.model_runner.model
+        # vLLM mixes worker_extension_cls into its worker class
+        self.worker = type("Extended", (Worker, VLLMWeightSync), {})()
+        self.rpcs, self.resets, self.prompts = [], 0, []
 
     def collective_rpc(self, method, args=()):
         self.rpcs.append(method)
@@ -362,9 +370,10 @@ class FakeVLLM:
         ]
 
 
-def test_vllm_backend_pushes_weights_once_per_version():
+@pytest.mark.parametrize("public", [True, False])
+def test_vllm_backend_pushes_weights_once_per_version(public):
     model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
-    engine = FakeVLLM()
+    engine = FakeVLLM(public)
     backend = VLLMBackend(engine=engine, sampling=lambda **kw: kw)
     conversations = [[{"role": "user", "content": "a"}], [{"role": "user", "content": "b"}]]
     model.cycleqd_weights_version = 1
