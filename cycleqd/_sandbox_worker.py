@@ -115,10 +115,29 @@ def write_files(root, files, encoding):
             fh.write(content.encode(encoding, "replace"))
 
 
+def wipe():
+    """Remove what earlier problems left in the writable places: /tmp and /dev/shm."""
+    for folder, keep in (("/tmp", {FIXTURE}), ("/dev/shm", set())):
+        try:
+            names = os.listdir(folder)
+        except OSError:
+            continue
+        for name in names:
+            path = os.path.join(folder, name)
+            if path in keep:
+                continue
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+
+
 def run_child(kind, problem, limits):
     """Fork a child for one problem; return (stdout bytes, stderr bytes, status, why)."""
-    if os.path.exists(JOB):
-        shutil.rmtree(JOB, ignore_errors=True)
+    wipe()  # the job folder and anything else a problem wrote: every problem starts clean
     if kind == "shell" and os.path.isdir(FIXTURE):
         shutil.copytree(FIXTURE, JOB, symlinks=True)
     else:

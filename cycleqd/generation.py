@@ -130,10 +130,15 @@ class TransformersBackend:
                 "put the tokenizer files in the base model's directory"
             )
         device = next(model.parameters()).device
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else None
         eos = _eos_ids(model, tokenizer)
-        if pad is None:
-            pad = eos[0] if eos else 0
+        if tokenizer.pad_token_id is None:  # Llama-3's has none: pad with end-of-sequence
+            if tokenizer.eos_token is None:
+                raise CycleQDError(
+                    "the tokenizer has neither a pad nor an end-of-sequence token: set "
+                    "tokenizer.pad_token before scoring"
+                )
+            tokenizer.pad_token = tokenizer.eos_token
+        pad = tokenizer.pad_token_id
         keep = self.max_prompt_tokens
         context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
         if keep is None and isinstance(context, int) and context > max_new_tokens:
@@ -141,6 +146,10 @@ class TransformersBackend:
         out: list[str] = []
         prompts = [render_chat(tokenizer, c, chat_template) for c in conversations]
         templated = bool(chat_template or getattr(tokenizer, "chat_template", None))
+        bos = tokenizer.bos_token
+        if templated and bos and _adds_bos(tokenizer):
+            # a template that does not write the BOS its model was trained with (a custom one)
+            prompts = [p if p.startswith(bos) else bos + p for p in prompts]
         for start in range(0, len(prompts), self.batch_size):
             chunk = prompts[start : start + self.batch_size]
             encoded = tokenizer(
@@ -164,6 +173,12 @@ class TransformersBackend:
             texts = tokenizer.batch_decode(generated[:, ids.shape[1] :], skip_special_tokens=True)
             out.extend(cut(t, stop) for t in texts)
         return out
+
+
+def _adds_bos(tokenizer: Any) -> bool:
+    """Whether the tokenizer starts plain text with its BOS token (the model expects one)."""
+    ids = tokenizer("a")["input_ids"]
+    return bool(ids) and ids[0] == tokenizer.bos_token_id
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> list[int]:

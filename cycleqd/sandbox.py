@@ -161,6 +161,10 @@ def _command() -> tuple[list[str], int]:
         "/proc",
         "--dev",
         "/dev",
+        # nothing outside /tmp (and /dev's own tmpfs) is writable: a problem's files cannot
+        # outlive it in the persistent worker (the worker wipes /tmp and /dev/shm in between)
+        "--remount-ro",
+        "/",
         "--unshare-all",
         "--die-with-parent",
         "--new-session",

@@ -205,3 +205,23 @@ def test_missing_bubblewrap_is_explained(monkeypatch):
     monkeypatch.setenv("PATH", "/nonexistent")
     with pytest.raises(SandboxUnavailable, match="apt-get install bubblewrap"):
         Sandbox(workers=1)
+
+
+def test_nothing_a_problem_writes_outlives_it():
+    """Workers are reused: files outside the job folder would leak into the next problems."""
+    with Sandbox(workers=1) as box:  # one worker: every problem runs in the same container
+        first = box.run(
+            "shell",
+            [
+                {
+                    "code": "echo x > /planted; mkdir /home; echo y > /tmp/planted; "
+                    "echo z > /dev/shm/planted; echo w > ~/planted; echo done"
+                }
+            ],
+        )[0]
+        assert first.stdout.endswith("done\n")
+        assert "Read-only file system" in first.stderr  # / and /home cannot be written
+        second = box.run(
+            "shell", [{"code": "ls -a / /tmp /dev/shm; find / -name planted 2>/dev/null; true"}]
+        )[0]
+        assert "planted" not in second.stdout and "home" not in second.stdout

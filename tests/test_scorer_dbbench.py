@@ -269,6 +269,10 @@ def test_answers_are_compared_as_multisets_of_normalised_values():
     assert parse_action("Action: Operation\n```sql\nSELECT 1\n```") == ("sql", "SELECT 1\n")
     assert parse_action("Action: Operation\nSELECT 1") == ("invalid", None)
     assert parse_action("SELECT 1") == ("invalid", None)
+    huge = 10**400  # beyond any float: model text must not crash the comparison
+    assert normalize_answer([huge]) == normalize_answer([huge])
+    assert normalize_answer([huge]) != normalize_answer([float("inf")])
+    assert parse_final_answer(f"[{huge}]") == [huge]
 
 
 def test_the_tiny_model_runs(tiny_lm, data):

@@ -231,6 +231,22 @@ def test_hostile_model_stays_inside_and_scores_zero(tmp_path, tasks_file):
     ]
 
 
+def test_an_agentbench_check_reads_the_answer_as_its_first_argument(tmp_path):
+    """AgentBench runs ``bash -c check -- answer``: its checks compare ``$1``."""
+    records = [
+        {
+            "description": "How many lines has notes.txt?",
+            "files": {"notes.txt": "a\nb\nc\n"},
+            "evaluation": {"check": {"code": 'test "$1" = "$(wc -l < notes.txt)"'}},
+        }
+    ]
+    path = _write(tmp_path / "dollar1.json", records)
+    right = OSInteraction(val=path, backend=Scripted("Act: answer(3)"))
+    assert right(None, "val") == 1.0
+    wrong = OSInteraction(val=path, backend=Scripted("Act: answer(4)"))
+    assert wrong(None, "val") == 0.0
+
+
 def test_answer_with_shell_metacharacters_is_never_executed(tmp_path):
     records = [
         {

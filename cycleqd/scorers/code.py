@@ -20,8 +20,9 @@ runs in the sandbox (:mod:`cycleqd.sandbox`): model-written code is hostile inpu
 
 from __future__ import annotations
 
-import json
+import ast
 import math
+import secrets
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -62,12 +63,16 @@ class CodeProblem:
     def __init__(self, record: dict[str, Any], where: str, *, plus_inputs: bool = False) -> None:
         self.task_id = str(record.get("task_id", where))
         self.setup, self.prompt, self.entry_point = "", "", None
-        if "test_list" in record:  # MBPP
-            require(record, ["text", "test_list"], what=WHAT, where=where)
+        if "test_list" in record:  # MBPP (EvalPlus' Hugging Face MBPP+ names the request prompt)
+            text = record.get("text", record.get("prompt"))
+            if text is None:
+                require(record, ["text"], what=WHAT, where=where)
             self.kind = "mbpp"
             tests = list(record["test_list"])
-            self.message = MBPP_INSTRUCTION.format(text=record["text"], tests="\n".join(tests))
+            self.message = MBPP_INSTRUCTION.format(text=text, tests="\n".join(tests))
             imports = record.get("test_imports") or []
+            if plus_inputs and record.get("test"):  # MBPP+: the plus tests, base ones included
+                tests = [record["test"]]
             self.tests = "\n".join([*imports, *tests])
             self.setup = record.get("test_setup_code") or ""
             gold = record.get("code")
@@ -87,7 +92,7 @@ class CodeProblem:
                 inputs += list(record.get("plus_input") or [])
             self.tests = EVALPLUS_HARNESS.format(
                 gold=gold,
-                inputs=json.dumps(inputs),
+                inputs=repr(inputs),
                 entry=self.entry_point,
                 atol=float(record.get("atol") or 0.0),
             )
@@ -104,28 +109,57 @@ class CodeProblem:
         self.gold = None if gold is None else f"```python\n{gold}\n```"
 
     def _whole(self, code: str) -> str:
-        """``code`` as a program: a whole function gets the prompt's imports, a body the prompt."""
+        """``code`` as a program: a body completes the prompt, a function gets the prompt's rest.
+
+        The rest: imports and helpers such as HumanEval/38's ``encode_cyclic``.
+        """
         if self.entry_point and f"def {self.entry_point}" in code:
-            header = "\n".join(
-                line for line in self.prompt.splitlines() if line.startswith(("import ", "from "))
-            )
-            return header + "\n" + code
+            return self._context() + "\n" + code
         return self.prompt + code
 
-    def program(self, reply: str) -> str:
-        """The script that runs the reply's code against the tests."""
+    def _context(self) -> str:
+        try:
+            tree = ast.parse(self.prompt)
+        except SyntaxError:  # a prompt that is not a program: its import lines
+            lines = self.prompt.splitlines()
+            return "\n".join(line for line in lines if line.startswith(("import ", "from ")))
+        keep = [
+            ast.get_source_segment(self.prompt, node, padded=True) or ""
+            for node in tree.body
+            if not (isinstance(node, ast.FunctionDef) and node.name == self.entry_point)
+            and not (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant))
+        ]
+        return "\n\n".join(keep)
+
+    def program(self, reply: str, marker: str = "") -> str:
+        """The script that runs the reply's code against the tests, then prints ``marker``.
+
+        Passing takes the marker on stdout as well as exit status 0: code that exits early
+        (``sys.exit(0)``) skips the tests and the marker.
+        """
         code = code_block(reply, ("python", "py", "python3"))
         if code is None:
             code = reply
         if self.kind != "mbpp":
             code = self._whole(code)
-        return "\n".join([self.setup, code, "", self.tests])
+        # stdin (the program's deleted file) closed first: the marker is nowhere to be read;
+        # only __future__ imports must come before that
+        future = [line for line in code.splitlines() if line.startswith("from __future__")]
+        code = "\n".join(line for line in code.splitlines() if line not in future)
+        prologue = "import os as _os\n_os.close(0)\ndel _os"
+        parts = [*future, prologue, self.setup, code, "", self.tests, f"print({marker!r})", ""]
+        return "\n".join(parts)
 
+
+#: Runs a problem's program from standard input with its file already gone (the program's
+#: text, the marker included, is not on disk for the code to read).
+RUN_PROGRAM = "{ rm -f program.py; exec python3 -I -; } < program.py"
 
 #: EvalPlus records carry inputs, not asserts: the dataset's solution (run in the same sandboxed
 #: process, in its own namespace) gives the expected outputs; floats compare within ``atol``.
 EVALPLUS_HARNESS = """
-import copy as _copy, json as _json, math as _math
+import copy as _copy, math as _math
+inf, nan = float("inf"), float("nan")
 _GOLD = {{}}
 exec({gold!r}, _GOLD)
 
@@ -145,7 +179,7 @@ def _same(got, want, atol):
     return got == want
 
 
-for _args in _json.loads({inputs!r}):
+for _args in {inputs}:
     _want = _GOLD[{entry!r}](*_copy.deepcopy(_args))
     _got = {entry}(*_copy.deepcopy(_args))
     assert _same(_got, _want, {atol!r}), (_args, _got, _want)
@@ -205,8 +239,10 @@ class CodePassAt1:
         chat_template: a Jinja chat template instead of the tokenizer's (an expert trained with
             its own format).
         stop: strings that end a reply (a template's next-turn marker).
-        plus_inputs: EvalPlus records: test on ``plus_input`` too (pass@1 "plus"); default: the
-            base inputs (pass@1 "base").
+        plus_inputs: EvalPlus records: test on ``plus_input`` too (pass@1 "plus"; MBPP+ rows
+            with a ``test`` script: run it); default: the base inputs (pass@1 "base").
+        check_gold: run each split's gold solutions once before the first score.
+        on_gold_failure: ``error`` (default) or ``drop`` the problems whose gold fails.
     """
 
     def __init__(
@@ -223,6 +259,8 @@ class CodePassAt1:
         chat_template: str | None = None,
         stop: list[str] | None = None,
         plus_inputs: bool = False,
+        check_gold: bool = True,
+        on_gold_failure: str = "error",
     ) -> None:
         if limit is not None and limit < 1:
             raise CycleQDError(f"{WHAT}: limit must be >= 1, got {limit}")
@@ -231,6 +269,13 @@ class CodePassAt1:
             "test": load_problems(test or val, limit=limit, plus_inputs=plus_inputs),
         }
         self.stop = list(stop or [])
+        if on_gold_failure not in ("error", "drop"):
+            raise CycleQDError(
+                f"{WHAT}: on_gold_failure must be error or drop, got {on_gold_failure!r}"
+            )
+        self.check_gold, self.on_gold_failure = check_gold, on_gold_failure
+        self.dropped: dict[str, list[str]] = {}
+        self._checked: set[str] = set()
         self.limits = Limits(wall_s=timeout_s, cpu_s=math.ceil(timeout_s), memory_mb=1024)
         self.system_prompt = system_prompt
         self.generation = GenerationSettings(
@@ -246,22 +291,61 @@ class CodePassAt1:
         return [[*system, {"role": "user", "content": p.message}] for p in self.problems[split]]
 
     def passed(self, problems: Sequence[CodeProblem], replies: Sequence[str]) -> list[bool]:
-        """Whether each reply's program passes its problem's tests, run in the sandbox."""
+        """Whether each reply's program passes its problem's tests, run in the sandbox.
+
+        The program is read from standard input and its file deleted before it runs, and it
+        must print a marker drawn afresh for every call after its tests.
+        """
         from cycleqd.skills import shared_sandbox
 
+        marker = f"cycleqd-passed-{secrets.token_hex(16)}"
         results = shared_sandbox().run(
             "shell",
             [
-                {"code": "python3 -I program.py", "files": {"program.py": p.program(r)}}
+                {"code": RUN_PROGRAM, "files": {"program.py": p.program(r, marker)}}
                 for p, r in zip(problems, replies, strict=True)
             ],
             limits=self.limits,
         )
-        return [r.ok for r in results]
+        return [r.ok and marker in r.stdout.splitlines() for r in results]
+
+    def checked(self, split: str) -> list[CodeProblem]:
+        """The split's problems, their gold solutions checked in the sandbox on first use.
+
+        A problem whose own solution fails (a format this scorer misreads, inputs that JSON
+        cannot carry, a test needing a module the sandbox lacks) could never be solved:
+        ``on_gold_failure`` says whether that is an error or the problem is dropped.
+
+        Raises:
+            CycleQDError: gold solutions fail and ``on_gold_failure`` is ``error``.
+        """
+        if split in self._checked:
+            return self.problems[split]
+        problems = self.problems[split]
+        golden = [p for p in problems if p.gold is not None]
+        failed = {
+            p.task_id
+            for p, ok in zip(golden, self.passed(golden, [p.gold for p in golden]), strict=True)
+            if not ok
+        }
+        if failed and self.on_gold_failure == "error":
+            shown = ", ".join(sorted(failed)[:10]) + (" ..." if len(failed) > 10 else "")
+            raise CycleQDError(
+                f"{WHAT}: the dataset's own solution fails {len(failed)} of {len(golden)} "
+                f"{split} problems ({shown}): check their format and that their tests run "
+                "with the sandbox's Python, or set on_gold_failure: drop to leave them out"
+            )
+        self.problems[split] = [p for p in problems if p.task_id not in failed]
+        self.dropped[split] = sorted(failed)
+        if not self.problems[split]:
+            raise CycleQDError(f"{WHAT}: no {split} problem left after the gold check")
+        self._checked.add(split)
+        return self.problems[split]
 
     def __call__(self, model: Any, split: str) -> float:
         """pass@1 on ``split``."""
         check_split(split, WHAT)
+        problems = self.checked(split) if self.check_gold else self.problems[split]
         replies = self.generation.chat(model, self.conversations(split), stop=self.stop)
-        verdicts = self.passed(self.problems[split], replies)
+        verdicts = self.passed(problems, replies)
         return sum(verdicts) / len(verdicts)

@@ -476,7 +476,10 @@ def _value(value: Any) -> tuple[str, Any]:
     if isinstance(value, bool):
         value = int(value)
     if isinstance(value, (int, float)):
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an int beyond any float (model text): compared as text
+            return ("s", str(value))
         if math.isfinite(number):
             return ("n", round(number, 4))
         return ("s", str(value))

@@ -34,8 +34,9 @@ The verdict: an ``answer`` task passes when the model's answer, stripped, equals
 ``answer``, stripped. A ``check`` task passes when, after the model answered or finished, its check
 script exits 0: it runs in a fresh bash, in the task's working directory, after a silent replay of
 ``init`` and every command of the episode, with the model's answer (empty after ``finish``) in the
-environment variable ``ANSWER``. The answer reaches the check as a file read by the sandbox's own
-script (``ANSWER=$(cat …)``), never pasted into a script, since it is model text.
+environment variable ``ANSWER`` and as ``$1`` (as AgentBench passes it). The answer reaches the
+check as a file read by the sandbox's own script (``ANSWER=$(cat …)``), never pasted into a
+script, since it is model text.
 
 Task files are a JSON list or JSONL (:func:`cycleqd.scorers._common.read_records`), a record per
 task:
@@ -396,7 +397,7 @@ _CHECK_CODE = (
     f"ANSWER=$(cat ./{_RESERVED}/answer) && CHECK=$(cat ./{_RESERVED}/check) || exit 125\n"
     f"{BASH} ./{_RESERVED}/episode >/dev/null 2>&1 </dev/null\n"
     "export ANSWER\n"
-    f'exec {BASH} -c "$CHECK" </dev/null\n'
+    f'exec {BASH} -c "$CHECK" check "$ANSWER" </dev/null\n'
 )
 
 
