@@ -288,9 +288,12 @@ def plan(
     memory.add_column("GiB", justify="right")
     for name, size in result.memory.items():
         memory.add_row(name, f"{size / GiB:.2f}")
+    for name, size in result.transient.items():
+        memory.add_row(f"{name}, instead of generation", f"{size / GiB:.2f}")
     verdict = "[green]fits[/]" if result.fits else "[red]does not fit[/]"
+    when = "first child" if result.first_child > result.steady else "generating"
     memory.add_row(
-        f"[bold]total[/] (budget {result.budget / GiB:.1f})",
+        f"[bold]peak[/], {when} (budget {result.budget / GiB:.1f})",
         f"[bold]{result.total / GiB:.2f}[/] {verdict}",
     )
     console.print(memory)

@@ -12,12 +12,20 @@ built-in table for the paper's Llama-3-8B family when neither is on the machine)
   prefill's activations ``batch × sequence × (4 hidden + 2 intermediate)`` plus the last
   position's float32 logits, for the most demanding task; with the vLLM backend, the engine's
   share of the device (``gpu_memory_utilization``) instead;
-* overhead: 2 GiB (CUDA context, allocator) plus 5 %.
+* the materialiser's float32 workspace, the size of the largest bank of same-shape tensors
+  (any mutation that adds terms);
+* at a worker's first ``svd_expert`` child, transiently, the SVD of a chunk of same-shape target
+  matrices (:data:`cycleqd.weights.SVD_CHUNK` of them, gathered, in float32, and their ``U`` and
+  ``V``): the worker's peak is the larger of that moment and generation;
+* overhead: 2 GiB (CUDA context, allocator) plus 5 % of the peak.
+
+The driver holds the base and the task vectors too, and a resident model when it scores the
+final report; the plan says how much, since on a GPU node it needs a device of its own.
 
 Cost per child: materialisation streams ``K + 2`` copies of the weights; SVD mutation is one
 GEMM per target matrix; decoding is bound by memory bandwidth (each step reads the weights and the
-KV cache once per batch); prefill by compute at half the device's peak. These are estimates for
-capacity planning, not measurements.
+KV cache once per batch); prefill by compute at half the device's peak; SVD mutation's GEMMs
+at the float32 peak. These are estimates for capacity planning, not measurements.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from cycleqd.errors import CycleQDError
+from cycleqd.weights import SVD_CHUNK
 
 __all__ = ["DEVICES", "Architecture", "Device", "Plan", "Workload", "architecture", "make_plan"]
 
@@ -44,24 +53,27 @@ class Device:
 
     Attributes:
         name: what it is.
-        memory: bytes.
+        memory: bytes (as ``nvidia-smi`` reports the device's total).
         bandwidth: memory bandwidth, bytes per second.
-        flops: dense bf16 (or, on the CPU, fp32) FLOP/s.
+        flops: dense bf16 FLOP/s (tensor cores; on the CPU, fp32).
+        flops32: dense fp32 FLOP/s without tensor cores (the SVD factors' GEMMs).
     """
 
     name: str
     memory: float
     bandwidth: float
     flops: float
+    flops32: float = 0.0
 
 
+MiB = 1024**2
 DEVICES = {
-    "h200": Device("NVIDIA H200 (141 GB)", 141e9, 4.8e12, 989e12),
-    "h100": Device("NVIDIA H100 SXM (80 GB)", 80e9, 3.35e12, 989e12),
-    "a100-80gb": Device("NVIDIA A100 (80 GB)", 80e9, 2.0e12, 312e12),
-    "a100-40gb": Device("NVIDIA A100 (40 GB)", 40e9, 1.55e12, 312e12),
-    "l40s": Device("NVIDIA L40S (48 GB)", 48e9, 0.864e12, 362e12),
-    "cpu": Device("CPU (host memory)", 0.0, 20e9, 0.5e12),
+    "h200": Device("NVIDIA H200 (141 GB)", 143771 * MiB, 4.8e12, 989e12, 67e12),
+    "h100": Device("NVIDIA H100 SXM (80 GB)", 81559 * MiB, 3.35e12, 989e12, 67e12),
+    "a100-80gb": Device("NVIDIA A100 (80 GB)", 81920 * MiB, 2.0e12, 312e12, 19.5e12),
+    "a100-40gb": Device("NVIDIA A100 (40 GB)", 40960 * MiB, 1.55e12, 312e12, 19.5e12),
+    "l40s": Device("NVIDIA L40S (48 GB)", 46068 * MiB, 0.864e12, 362e12, 91.6e12),
+    "cpu": Device("CPU (host memory)", 0.0, 20e9, 0.5e12, 0.5e12),
 }
 
 _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "float64": 8}
@@ -98,6 +110,7 @@ class Architecture:
         source: where they were read from.
         parameters: floating parameters (what the weight space stores).
         matrices: ``name → (m, n)`` of the 2-D parameters.
+        shapes: ``name → shape`` of every floating parameter (the weight space's banks).
         dtype_bytes: bytes per parameter as stored in the checkpoint.
         layers, hidden, intermediate, kv_heads, head_dim, vocab, context: the transformer's
             shape (0 where the model is not a transformer).
@@ -106,6 +119,7 @@ class Architecture:
     source: str
     parameters: int
     matrices: dict[str, tuple[int, int]]
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     dtype_bytes: int = 4
     layers: int = 0
     hidden: int = 0
@@ -132,6 +146,7 @@ def _from_config(config: Any, source: str) -> Architecture:
         source=source,
         parameters=sum(math.prod(s) for s in params.values()),
         matrices={n: (s[0], s[1]) for n, s in params.items() if len(s) == 2},
+        shapes=dict(params),
         dtype_bytes=_DTYPE_BYTES.get(dtype.removeprefix("torch."), 4),
         layers=getattr(text, "num_hidden_layers", 0) or 0,
         hidden=hidden,
@@ -159,6 +174,7 @@ def _from_safetensors(path: Path) -> Architecture:
         source=f"safetensors header of {path}",
         parameters=sum(math.prod(s) for s in shapes.values()),
         matrices={n: (s[0], s[1]) for n, s in shapes.items() if len(s) == 2},
+        shapes=shapes,
         dtype_bytes=size,
     )
 
@@ -325,6 +341,11 @@ class Plan:
         run_hours: the whole run's estimated duration on the configured workers.
         dtype_bytes: bytes per stored weight.
         blockers: reasons the run cannot work besides the total (a vLLM share too small).
+        transient: peaks held only while a worker factors the task vectors at its first child
+            (instead of the generation's KV cache and activations).
+        first_child: bytes at that peak, before overhead.
+        steady: bytes while generating, before overhead.
+        driver: bytes the driver process holds on the models' device.
     """
 
     device: Device
@@ -337,11 +358,15 @@ class Plan:
     run_hours: float
     dtype_bytes: int = 4
     blockers: list[str] = field(default_factory=list)
+    transient: dict[str, float] = field(default_factory=dict)
+    first_child: float = 0.0
+    steady: float = 0.0
+    driver: float = 0.0
 
     @property
     def total(self) -> float:
-        """Bytes one worker needs."""
-        return sum(self.memory.values())
+        """Bytes one worker needs at its peak (generating, or factoring at the first child)."""
+        return max(self.steady, self.first_child) + self.memory.get("overhead", 0.0)
 
     @property
     def fits(self) -> bool:
@@ -363,11 +388,13 @@ class Plan:
             "kv cache": "lower the tasks' backend_params.batch_size or max_new_tokens",
             "activations": "lower the tasks' backend_params.batch_size",
             "vllm engine": "lower backend_params.gpu_memory_utilization",
+            "materialiser workspace": "a device with more memory (it spans the largest bank)",
+            "svd at the first child": "fill the SVD cache (cache_dir) on a larger device first",
         }
         if self.dtype_bytes <= 2:  # already 16-bit: the weights cannot shrink further here
             for name in ("base", "task vectors", "resident model"):
                 hints[name] = "fewer tasks, or a device with more memory"
-        ranked = sorted(self.memory.items(), key=lambda kv: -kv[1])
+        ranked = sorted({**self.memory, **self.transient}.items(), key=lambda kv: -kv[1])
         return [
             f"{name} ({size / GiB:.1f} GiB): {hints[name]}"
             for name, size in ranked
@@ -381,11 +408,19 @@ class Plan:
             "budget_bytes": self.budget,
             "memory_bytes": self.memory,
             "total_bytes": self.total,
+            "transient_bytes": self.transient,
+            "first_child_bytes": self.first_child,
+            "generation_bytes": self.steady,
+            "driver_bytes": self.driver,
             "fits": self.fits,
             "blockers": self.blockers,
             "seconds_per_child": self.seconds,
             "run_hours": self.run_hours,
-            "architecture": {k: v for k, v in asdict(self.architecture).items() if k != "matrices"},
+            "architecture": {
+                k: v
+                for k, v in asdict(self.architecture).items()
+                if k not in ("matrices", "shapes")
+            },
             "workloads": [asdict(w) | {"sequence": w.sequence} for w in self.workloads],
             "notes": self.notes,
         }
@@ -447,7 +482,7 @@ def make_plan(config: Any, *, device: str = "h200", memory_gb: float | None = No
                 "plan counts one device"
             )
         budget = spec.memory * min(share, 1.0)
-        spec = Device(spec.name, budget, spec.bandwidth, spec.flops)
+        spec = Device(spec.name, budget, spec.bandwidth, spec.flops, spec.flops32)
     k = len(config.tasks)
     b = _DTYPE_BYTES[config.models.dtype] if config.models.dtype else arch.dtype_bytes
     p = arch.parameters
@@ -462,6 +497,24 @@ def make_plan(config: Any, *, device: str = "h200", memory_gb: float | None = No
             for m, n in targets
         )
         memory["svd cache"] = k * floats * 4
+    # banks: every floating tensor of one shape, stacked (cycleqd.weights)
+    banks: dict[tuple[int, ...], int] = {}
+    for shape in arch.shapes.values():
+        banks[shape] = banks.get(shape, 0) + 1
+    if mutation.name in ("svd_expert", "svd_child", "gaussian") and banks:
+        # a float32 accumulator the size of the largest bank (cycleqd.materialize)
+        memory["materialiser workspace"] = max(math.prod(s) * n for s, n in banks.items()) * 4
+    transient: dict[str, float] = {}
+    if mutation.name == "svd_expert" and targets:
+        # each worker factors the task vectors at its first child, SVD_CHUNK matrices of a bank
+        # at a time: the gathered rows (storage dtype and float32), the thin SVD's U and V
+        counts: dict[tuple[int, int], int] = {}
+        for shape in targets:
+            counts[shape] = counts.get(shape, 0) + 1
+        transient["svd at the first child"] = max(
+            min(n, SVD_CHUNK) * (m * c * (b + 4) + (m + c + 1) * min(m, c) * 4)
+            for (m, c), n in counts.items()
+        )
     loads = [workload(t) for t in config.tasks]
     for w in loads:
         notes += [f"{w.task}: assumed {a}" for a in w.assumed]
@@ -497,7 +550,20 @@ def make_plan(config: Any, *, device: str = "h200", memory_gb: float | None = No
                 f"{len(engines)} vLLM engines per worker: give every task the same "
                 "backend_params to share one"
             )
-    memory["overhead"] = 2 * GiB + 0.05 * sum(memory.values())
+    steady = sum(memory.values())
+    generation = memory.get("kv cache", 0.0) + memory.get("activations", 0.0)
+    first_child = steady - generation + sum(transient.values())
+    memory["overhead"] = 2 * GiB + 0.05 * max(steady, first_child)
+    # the driver makes children and scores the final report: base and task vectors, and the
+    # resident model with its workspace for the report
+    driver = memory["base"] + memory["task vectors"] + memory["resident model"]
+    driver += memory.get("materialiser workspace", 0.0)
+    if not on_cpu and evaluation.backend == "ray":
+        notes.append(
+            f"the driver holds {driver / GiB:.1f} GiB on {config.models.device} (base, task "
+            "vectors, and a resident model to score the final report): give it a device no "
+            "worker uses"
+        )
 
     # --- cost per child ------------------------------------------------------------------
     seconds = {"materialise": (k + 2) * p * b / spec.bandwidth}
@@ -508,7 +574,7 @@ def make_plan(config: Any, *, device: str = "h200", memory_gb: float | None = No
         )
         if mutation.name == "svd_child":
             flops *= 3  # sketch, power iteration and reconstruction
-        seconds["mutation"] = flops / spec.flops
+        seconds["mutation"] = flops / (spec.flops32 or spec.flops)  # float32 factors
     for w in generating:
         batches = math.ceil(w.problems / w.batch) * w.turns
         kv_read = w.batch * w.sequence * arch.layers * 2 * arch.kv_heads * arch.head_dim * b / 2
@@ -519,7 +585,7 @@ def make_plan(config: Any, *, device: str = "h200", memory_gb: float | None = No
     children = config.evolution.generations * config.evolution.batch_size
     run_hours = children * sum(seconds.values()) / workers / 3600
     if spec.memory == 0:
-        spec = Device(spec.name, budget, spec.bandwidth, spec.flops)
+        spec = Device(spec.name, budget, spec.bandwidth, spec.flops, spec.flops32)
     return Plan(
         spec,
         budget,
@@ -531,4 +597,8 @@ def make_plan(config: Any, *, device: str = "h200", memory_gb: float | None = No
         run_hours,
         dtype_bytes=b,
         blockers=blockers,
+        transient=transient,
+        first_child=first_child,
+        steady=steady,
+        driver=driver,
     )

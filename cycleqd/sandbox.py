@@ -6,7 +6,8 @@ as an unprivileged user (``nobody`` when cycleqd runs as root) with
 * no network (its own, empty network namespace), its own PID, IPC and UTS namespaces;
 * no host files but ``/usr`` read-only (and ``/etc/alternatives``, the symlinks by which Debian
   names ``awk`` and friends) — not the home directory, not the project, not the rest of ``/etc``
-  — and a throw-away ``/tmp`` (tmpfs) as the only writable place;
+  — a read-only root, and a throw-away ``/tmp`` (tmpfs) as the only writable place, wiped (with
+  ``/dev/shm``) before every problem, so nothing one problem writes reaches the next;
 * per problem: a fresh working directory (a fresh copy of the fixture for shell commands), and
   rlimits on CPU time, address space, processes and file size, a wall-clock limit and an output
   cap enforced by the worker; afterwards every process left in the container is killed;

@@ -24,6 +24,9 @@ from cycleqd.errors import CycleQDError, ModelLoadError
 
 __all__ = ["Bank", "WeightSpace", "DEFAULT_SVD_EXCLUDE", "parse_dtype"]
 
+#: Matrices factored per ``torch.linalg.svd`` call (bounds the transient memory of a bank's SVD).
+SVD_CHUNK = 8
+
 #: Matrices that SVD mutation leaves alone by default: embeddings and output heads are large and
 #: carry vocabulary, not skills (the reference code also mutates only the transformer blocks).
 DEFAULT_SVD_EXCLUDE = r"(embed|lm_head|wte|wpe|tok_embeddings|output\.weight$)"
@@ -362,10 +365,10 @@ class WeightSpace:
     ) -> dict[str, tuple[torch.Tensor, ...]]:
         """``(U [m, r], S [r], V [n, r])`` in fp32 of ``τ_k`` for each named matrix.
 
-        Computed once per matrix (batched over same-shape matrices: one ``linalg.svd`` call per
-        bank), then kept in memory and, with ``cache_dir``, on disk in one file per expert and rank,
-        named by a digest of ``τ_k``'s bytes, so every process of a run replays mutations against
-        identical factors.
+        Computed once per matrix (batched over same-shape matrices, :data:`SVD_CHUNK` per
+        ``linalg.svd`` call), then kept in memory and, with ``cache_dir``, on disk in one file per
+        expert and rank, named by a digest of ``τ_k``'s bytes, so every process of a run replays
+        mutations against identical factors.
 
         Args:
             k: expert index.
@@ -395,15 +398,21 @@ class WeightSpace:
             rows = [r for r, n in enumerate(bank.names) if n in missing]
             if not rows:
                 continue
-            mats = bank.taus[k, rows].float().view(len(rows), *bank.shape)
-            U, S, Vh = torch.linalg.svd(mats, full_matrices=False)
-            r = S.shape[-1] if rank is None else min(rank, S.shape[-1])
-            for i, row in enumerate(rows):
-                known[bank.names[row]] = (
-                    U[i, :, :r].contiguous(),
-                    S[i, :r].contiguous(),
-                    Vh[i, :r, :].T.contiguous(),
-                )
+            # a few matrices per call: batching amortises the call, while the float32 copy and
+            # the full thin factors of a whole bank (64 MLP matrices of an 8B model: ~39 GiB)
+            # would not fit beside the weights
+            for start in range(0, len(rows), SVD_CHUNK):
+                chunk = rows[start : start + SVD_CHUNK]
+                mats = bank.taus[k, chunk].float().view(len(chunk), *bank.shape)
+                U, S, Vh = torch.linalg.svd(mats, full_matrices=False)
+                r = S.shape[-1] if rank is None else min(rank, S.shape[-1])
+                for i, row in enumerate(chunk):
+                    known[bank.names[row]] = (
+                        U[i, :, :r].clone(memory_format=torch.contiguous_format),
+                        S[i, :r].clone(),
+                        Vh[i, :r, :].T.contiguous(),
+                    )
+                del mats, U, S, Vh
         if missing and path is not None:
             if path.is_file():  # another process may have added factors since: keep them
                 flat = load_file(path, device=str(self.device))

@@ -208,6 +208,19 @@ def test_svd_expert_adds_U_diag_rS_Vt_of_the_active_expert(space):
         torch.testing.assert_close(out[name], want, atol=1e-5, rtol=1e-5, msg=name)
 
 
+def test_making_an_svd_expert_child_computes_no_svd(space):
+    """The factors are an evaluator's business: the process that makes children needs none."""
+    for rank in (None, 3):
+        child = MUTATIONS.build("svd_expert", rate=0.1, rank=rank)(
+            Genome.expert(space, 0), MutationContext(space, None, 1, np.random.default_rng(0))
+        )
+        assert space._svd == {}  # nothing computed (or cached) by making the child
+        factors = space.svd_factors(1, space.svd_targets(), rank=rank)
+        for name, (_, S, _) in factors.items():
+            assert child.spectral[(1, rank)][space.index(name)].shape == S.shape
+        space._svd.clear()
+
+
 def test_svd_child_error_is_within_its_bound():
     gen = torch.Generator().manual_seed(0)
     m, n = 96, 80

@@ -78,9 +78,23 @@ def test_plan_arithmetic_on_a_small_config(small_config):
     per_token = 2 * 2 * 1 * 8 * 4  # layers × (K, V) × kv heads × head dim × bytes
     assert plan.memory["kv cache"] == 3 * 20 * per_token
     assert plan.memory["activations"] == 3 * 20 * (4 * 16 + 2 * 32) * 4 + 4 * 64 * 4
-    rest = sum(v for k, v in plan.memory.items() if k != "overhead")
-    assert plan.memory["overhead"] == pytest.approx(2 * GiB + 0.05 * rest)
-    assert plan.budget == 141e9 and plan.fits
+    banks = {}
+    for t in weights.values():
+        banks[tuple(t.shape)] = banks.get(tuple(t.shape), 0) + t.numel()
+    assert plan.memory["materialiser workspace"] == max(banks.values()) * 4
+    # the first child's SVD: the gate and up projections (32 × 16, 4 of them) are the costliest
+    # chunk: gathered in float32 and the storage dtype, U, S and V
+    per_matrix = 32 * 16 * (4 + 4) + (32 + 16 + 1) * 16 * 4
+    assert plan.transient == {"svd at the first child": 4 * per_matrix}
+    steady = sum(v for k, v in plan.memory.items() if k != "overhead")
+    generation = plan.memory["kv cache"] + plan.memory["activations"]
+    assert plan.steady == steady
+    assert plan.first_child == steady - generation + 4 * per_matrix
+    peak = max(plan.steady, plan.first_child)
+    assert plan.memory["overhead"] == pytest.approx(2 * GiB + 0.05 * peak)
+    assert plan.total == pytest.approx(peak + plan.memory["overhead"])
+    assert plan.budget == 143771 * 2**20 and plan.fits  # an H200 as nvidia-smi reports it
+    assert plan.driver == params * 4 * (1 + 2 + 1) + plan.memory["materialiser workspace"]
     decode_code = 3 * 4 * (params * 4 + 4 * 12 * per_token / 2) / 4.8e12  # 3 batches × 4 steps
     assert plan.seconds["generate code"] > decode_code
     assert plan.run_hours == pytest.approx(40 * plan.per_child / 3600)
@@ -93,6 +107,7 @@ def test_plan_refuses_what_does_not_fit(small_config):
     assert "does not fit" in result.output and "a worker needs 2.0 GiB but has 0.9 GiB" in (
         result.output
     )
+    assert "peak, generating" in result.output
     result = runner.invoke(app, ["plan", str(path), "--json"])
     assert result.exit_code == 0
     data = json.loads(result.output)
@@ -113,13 +128,13 @@ def test_plan_vllm_engine_share_and_blockers(small_config):
         ],
     )
     plan = make_plan(cfg, device="h100")
-    assert plan.memory["vllm engine"] == pytest.approx(0.25 * 80e9)  # one shared engine
+    assert plan.memory["vllm engine"] == pytest.approx(0.25 * 81559 * 2**20)  # one engine
     assert "kv cache" not in plan.memory and plan.fits
     cfg = load_config(path, ["tasks.1.params.backend=vllm"])  # a second engine, other params
     cfg.tasks[0].params["backend"] = "vllm"
     cfg.tasks[0].params["backend_params"] = {"gpu_memory_utilization": 0.3}
     plan = make_plan(cfg, device="h100")
-    assert plan.memory["vllm engine"] == pytest.approx((0.3 + 0.35) * 80e9)
+    assert plan.memory["vllm engine"] == pytest.approx((0.3 + 0.35) * 81559 * 2**20)
     assert any("2 vLLM engines" in n for n in plan.notes)
 
 

@@ -170,3 +170,29 @@ def test_fingerprint_samples_stay_inside_large_tensors():
         picks = sample_indices(numel, 64)
         assert len(picks) == min(64, numel) and int(picks[0]) == 0
         assert int(picks[-1]) == numel - 1 and bool((picks[1:] > picks[:-1]).all())
+
+
+def test_svd_factors_come_a_few_matrices_at_a_time(state_dicts, monkeypatch):
+    """Chunking the batched SVD (to bound its memory) changes no factor and no shape."""
+    import cycleqd.weights as weights
+
+    base, experts = state_dicts
+    space = WeightSpace(base=base, experts=experts)
+    names = space.svd_targets()
+    batch_sizes = []
+    svd = torch.linalg.svd
+
+    def counting(mats, **kwargs):
+        batch_sizes.append(mats.shape[0])
+        return svd(mats, **kwargs)
+
+    monkeypatch.setattr(torch.linalg, "svd", counting)
+    monkeypatch.setattr(weights, "SVD_CHUNK", 1)
+    one_by_one = space.svd_factors(0, names, rank=2)
+    assert batch_sizes and set(batch_sizes) == {1}
+    for name in names:
+        U, S, Vh = svd(space.task_vector(0, name).float(), full_matrices=False)
+        u, s, v = one_by_one[name]
+        assert u.is_contiguous() and v.is_contiguous() and s.shape == (2,)
+        torch.testing.assert_close(s, S[:2])
+        torch.testing.assert_close(u @ torch.diag(s) @ v.T, U[:, :2] @ torch.diag(S[:2]) @ Vh[:2])

@@ -83,10 +83,12 @@ class SvdExpert:
         """``genome`` plus a spectral term along the active expert's singular directions."""
         space, k = ctx.space, ctx.active_task
         names = space.svd_targets(self.include, self.exclude)
-        factors = space.svd_factors(k, names, rank=self.rank)
+        # a coordinate per kept singular direction: min(m, n), or the rank. The factors
+        # themselves are needed only where the child is materialised (an evaluator), so the
+        # process that makes children never computes an SVD (hours on a CPU for an 8B model)
         coords = {
             space.index(n): torch.from_numpy(
-                ctx.rng.random(factors[n][1].shape[0]) * self.rate
+                ctx.rng.random(_kept(space.shapes[n], self.rank)) * self.rate
             ).float()
             for n in names
         }
@@ -94,6 +96,12 @@ class SvdExpert:
             spectral={(k, self.rank): coords},
             mutation={"op": "svd_expert", "expert": k, "rate": self.rate},
         )
+
+
+def _kept(shape: tuple[int, ...], rank: int | None) -> int:
+    """Singular directions an SVD of a ``shape`` matrix keeps at ``rank`` (``None``: all)."""
+    full = min(shape)
+    return full if rank is None else min(rank, full)
 
 
 def svd_child_error_bound(tail: float, rank: int, oversample: int) -> float:
