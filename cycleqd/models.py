@@ -89,10 +89,12 @@ def resolve_model(ref: str | Path, *, download: bool = True) -> Path:
         )
     except Exception as exc:  # offline miss, gated repo, no network: all need the same advice
         where = "is not in the local Hugging Face cache" if offline else "could not be downloaded"
+        # (a mistyped relative path reads as an org/name id too: the message names both)
         raise CycleQDError(
-            f"model {ref!r} {where} ({type(exc).__name__}). Download it on a machine with "
-            f"access (`hf download {ref}`, then copy the cache or set HF_HUB_CACHE), or set the "
-            "config's path to a local directory"
+            f"model {str(ref)!r} is no local path (none at {Path(ref).expanduser().resolve()}) "
+            f"and as a Hugging Face id it {where} ({type(exc).__name__}). Fix the path, or "
+            f"download the model where the hub is reachable (`hf download {ref}`) and copy the "
+            "cache here (or point HF_HUB_CACHE at it)"
         ) from None
 
 
