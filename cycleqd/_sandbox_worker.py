@@ -9,6 +9,7 @@ process left in the namespace (so nothing a snippet backgrounds outlives it). St
 it runs under the system's ``/usr/bin/python3``.
 """
 
+import hashlib
 import json
 import os
 import resource
@@ -105,39 +106,108 @@ def sql_problem(problem, deadline):
 
 
 def write_files(root, files, encoding):
-    """Write ``files`` (relative path -> text) under ``root``; paths leaving it are skipped."""
+    """Write ``files`` (relative path -> text) under ``root``; paths leaving it are skipped.
+
+    A link planted where a file goes is replaced, never followed.
+    """
     for path, content in files.items():
         target = os.path.normpath(os.path.join(root, path))
         if not target.startswith(root + "/"):
             continue
         os.makedirs(os.path.dirname(target), exist_ok=True)
-        with open(target, "wb") as fh:
+        if os.path.lexists(target) and not os.path.isdir(target):
+            os.unlink(target)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+        with os.fdopen(os.open(target, flags, 0o644), "wb") as fh:
             fh.write(content.encode(encoding, "replace"))
 
 
-def wipe():
-    """Remove what earlier problems left in the writable places: /tmp and /dev/shm."""
-    for folder, keep in (("/tmp", {FIXTURE}), ("/dev/shm", set())):
-        try:
-            names = os.listdir(folder)
-        except OSError:
-            continue
-        for name in names:
-            path = os.path.join(folder, name)
-            if path in keep:
-                continue
-            if os.path.isdir(path) and not os.path.islink(path):
-                shutil.rmtree(path, ignore_errors=True)
-            else:
+def remove(path):
+    """Remove ``path`` whatever a problem did to it (directories made unreadable included)."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        for folder, dirs, _ in os.walk(path):
+            for name in dirs:
                 try:
-                    os.unlink(path)
-                except OSError:
+                    os.chmod(os.path.join(folder, name), 0o700, follow_symlinks=False)
+                except (OSError, NotImplementedError):
                     pass
+        try:
+            os.chmod(path, 0o700)
+        except OSError:
+            pass
+        # os.walk cannot enter a folder made 000 before its parent was fixed: go again
+        for _ in range(8):
+            shutil.rmtree(path, ignore_errors=True)
+            if not os.path.lexists(path):
+                return
+            for folder, dirs, _ in os.walk(path):
+                for name in dirs:
+                    try:
+                        os.chmod(os.path.join(folder, name), 0o700, follow_symlinks=False)
+                    except (OSError, NotImplementedError):
+                        pass
+    else:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+
+def digest(root):
+    """A fingerprint of everything under ``root``: names, modes, link targets and contents."""
+    h = hashlib.sha256()
+    for folder, dirs, files in os.walk(root):
+        dirs.sort()
+        for name in sorted(dirs + files):
+            path = os.path.join(folder, name)
+            st = os.lstat(path)
+            h.update(f"{os.path.relpath(path, root)}:{st.st_mode}\0".encode())
+            if os.path.islink(path):
+                h.update(os.readlink(path).encode())
+            elif os.path.isfile(path):
+                with open(path, "rb") as fh:
+                    h.update(fh.read())
+    return h.hexdigest()
+
+
+def build_fixture(request):
+    """The request's files and database in FIXTURE, from scratch; their fingerprint."""
+    remove(FIXTURE)
+    os.makedirs(FIXTURE)
+    write_files(FIXTURE, request.get("files", {}), "latin-1")
+    if request.get("sqlite"):
+        with sqlite3.connect(f"{FIXTURE}/db.sqlite") as db:
+            db.executescript(request["sqlite"])
+        db.close()
+    return digest(FIXTURE)
+
+
+def wipe(request, pristine):
+    """Clean the writable places before a problem.
+
+    What earlier problems left in /tmp and /dev/shm goes, and a fixture they changed is rebuilt
+    from the request.
+
+    Raises:
+        OSError: something could not be removed (the problem fails instead of seeing it).
+    """
+    for folder, keep in (("/tmp", {FIXTURE}), ("/dev/shm", set())):
+        for name in os.listdir(folder):
+            if os.path.join(folder, name) not in keep:
+                remove(os.path.join(folder, name))
+    try:
+        same = digest(FIXTURE) == pristine
+    except OSError:
+        same = False
+    if not same:
+        build_fixture(request)
+    left = set(os.listdir("/tmp")) - {os.path.basename(FIXTURE)}
+    if left or os.listdir("/dev/shm"):
+        raise OSError(f"could not clean the sandbox: {sorted(left)}")
 
 
 def run_child(kind, problem, limits):
     """Fork a child for one problem; return (stdout bytes, stderr bytes, status, why)."""
-    wipe()  # the job folder and anything else a problem wrote: every problem starts clean
     if kind == "shell" and os.path.isdir(FIXTURE):
         shutil.copytree(FIXTURE, JOB, symlinks=True)
     else:
@@ -221,16 +291,17 @@ def main():
     for line in sys.stdin:
         request = json.loads(line)
         kind, limits = request["kind"], request["limits"]
-        shutil.rmtree(FIXTURE, ignore_errors=True)
-        os.makedirs(FIXTURE)
-        write_files(FIXTURE, request.get("files", {}), "latin-1")
-        if request.get("sqlite"):
-            with sqlite3.connect(f"{FIXTURE}/db.sqlite") as db:
-                db.executescript(request["sqlite"])
-            db.close()
+        pristine = build_fixture(request)
         results = []
         for problem in request["problems"]:
-            stdout, stderr, status, why = run_child(kind, problem, limits)
+            try:
+                # every problem starts clean: the job folder, anything else an earlier problem
+                # wrote, and the fixture as the request gave it
+                wipe(request, pristine)
+                stdout, stderr, status, why = run_child(kind, problem, limits)
+            except OSError as exc:  # the problem fails; the worker and the batch go on
+                sweep()
+                stdout, stderr, status, why = b"", str(exc).encode(), None, "sandbox error"
             results.append(
                 {
                     "stdout": stdout.decode("utf-8", "replace"),

@@ -289,9 +289,9 @@ def plan(
     for name, size in result.memory.items():
         memory.add_row(name, f"{size / GiB:.2f}")
     for name, size in result.transient.items():
-        memory.add_row(f"{name}, instead of generation", f"{size / GiB:.2f}")
+        memory.add_row(f"{name} (transient)", f"{size / GiB:.2f}")
     verdict = "[green]fits[/]" if result.fits else "[red]does not fit[/]"
-    when = "first child" if result.first_child > result.steady else "generating"
+    when = "materialising" if result.first_child > result.steady else "generating"
     memory.add_row(
         f"[bold]peak[/], {when} (budget {result.budget / GiB:.1f})",
         f"[bold]{result.total / GiB:.2f}[/] {verdict}",

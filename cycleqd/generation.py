@@ -313,6 +313,12 @@ class VLLMBackend:
         assert self.sampling is not None or self.engine is not None
         make = self.sampling or (lambda **kw: kw)
         params = make(temperature=0.0, max_tokens=max_new_tokens, stop=list(stop) or None)
+        tokenizer = getattr(model, "tokenizer", None)
+        if chat_template and tokenizer is not None and tokenizer.bos_token:
+            # vLLM adds no special tokens to a rendered chat: a custom template that does not
+            # write the BOS its model expects gets it here, as in the transformers backend
+            if "bos_token" not in chat_template and _adds_bos(tokenizer):
+                chat_template = "{{ bos_token }}" + chat_template
         extra = {"chat_template": chat_template} if chat_template else {}
         outputs = self.engine.chat(
             [list(c) for c in conversations], params, use_tqdm=False, **extra

@@ -14,9 +14,10 @@ built-in table for the paper's Llama-3-8B family when neither is on the machine)
   share of the device (``gpu_memory_utilization``) instead;
 * the materialiser's float32 workspace, the size of the largest bank of same-shape tensors
   (any mutation that adds terms);
-* at a worker's first ``svd_expert`` child, transiently, the SVD of a chunk of same-shape target
-  matrices (:data:`cycleqd.weights.SVD_CHUNK` of them, gathered, in float32, and their ``U`` and
-  ``V``): the worker's peak is the larger of that moment and generation;
+* while a worker materialises an ``svd_expert`` child, transiently: at its first child the SVD of
+  a chunk of same-shape target matrices (:data:`cycleqd.weights.SVD_CHUNK` of them, gathered, in
+  float32, and their ``U`` and ``V``); at every child the stacked factors of a bank's spectral
+  terms. The worker's peak is the larger of that moment and generation;
 * overhead: 2 GiB (CUDA context, allocator) plus 5 % of the peak.
 
 The driver holds the base and the task vectors too, and a resident model when it scores the
@@ -341,9 +342,10 @@ class Plan:
         run_hours: the whole run's estimated duration on the configured workers.
         dtype_bytes: bytes per stored weight.
         blockers: reasons the run cannot work besides the total (a vLLM share too small).
-        transient: peaks held only while a worker factors the task vectors at its first child
-            (instead of the generation's KV cache and activations).
-        first_child: bytes at that peak, before overhead.
+        transient: peaks held only while a worker materialises a child (factoring the task
+            vectors at the first, replaying spectral terms at every one), never while it
+            generates.
+        first_child: bytes at the larger of those peaks, before overhead.
         steady: bytes while generating, before overhead.
         driver: bytes the driver process holds on the models' device.
     """
@@ -390,6 +392,7 @@ class Plan:
             "vllm engine": "lower backend_params.gpu_memory_utilization",
             "materialiser workspace": "a device with more memory (it spans the largest bank)",
             "svd at the first child": "fill the SVD cache (cache_dir) on a larger device first",
+            "spectral terms of a child": "lower evolution.mutation.params.rank",
         }
         if self.dtype_bytes <= 2:  # already 16-bit: the weights cannot shrink further here
             for name in ("base", "task vectors", "resident model"):
@@ -515,6 +518,12 @@ def make_plan(config: Any, *, device: str = "h200", memory_gb: float | None = No
             min(n, SVD_CHUNK) * (m * c * (b + 4) + (m + c + 1) * min(m, c) * 4)
             for (m, c), n in counts.items()
         )
+        # replaying a child's spectral terms stacks a bank's U and V and scales a copy of U
+        rank = mutation.params.get("rank")
+        transient["spectral terms of a child"] = max(
+            n * (2 * m + c) * (min(m, c) if rank is None else min(rank, m, c)) * 4
+            for (m, c), n in counts.items()
+        )
     loads = [workload(t) for t in config.tasks]
     for w in loads:
         notes += [f"{w.task}: assumed {a}" for a in w.assumed]
@@ -552,17 +561,18 @@ def make_plan(config: Any, *, device: str = "h200", memory_gb: float | None = No
             )
     steady = sum(memory.values())
     generation = memory.get("kv cache", 0.0) + memory.get("activations", 0.0)
-    first_child = steady - generation + sum(transient.values())
+    first_child = steady - generation + max(transient.values(), default=0.0)
     memory["overhead"] = 2 * GiB + 0.05 * max(steady, first_child)
     # the driver makes children and scores the final report: base and task vectors, and the
-    # resident model with its workspace for the report
+    # resident model with its workspace, SVD factors and their transients for the report
     driver = memory["base"] + memory["task vectors"] + memory["resident model"]
-    driver += memory.get("materialiser workspace", 0.0)
+    driver += memory.get("materialiser workspace", 0.0) + memory.get("svd cache", 0.0)
+    driver += max(transient.values(), default=0.0)
     if not on_cpu and evaluation.backend == "ray":
         notes.append(
-            f"the driver holds {driver / GiB:.1f} GiB on {config.models.device} (base, task "
-            "vectors, and a resident model to score the final report): give it a device no "
-            "worker uses"
+            f"the driver holds up to {driver / GiB:.1f} GiB on {config.models.device} (base, "
+            "task vectors, and a resident model with its SVD factors to score the final "
+            "report): give it a device no worker uses"
         )
 
     # --- cost per child ------------------------------------------------------------------

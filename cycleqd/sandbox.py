@@ -162,6 +162,11 @@ def _command() -> tuple[list[str], int]:
         "/proc",
         "--dev",
         "/dev",
+        # /dev is a tmpfs of the sandbox user's: only its shared-memory folder stays writable
+        "--tmpfs",
+        "/dev/shm",
+        "--remount-ro",
+        "/dev",
         # nothing outside /tmp (and /dev's own tmpfs) is writable: a problem's files cannot
         # outlive it in the persistent worker (the worker wipes /tmp and /dev/shm in between)
         "--remount-ro",

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import re
+import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -420,7 +420,8 @@ class WeightSpace:
                     n = key.rsplit(".", 1)[0]
                     known.setdefault(n, (flat[f"{n}.U"], flat[f"{n}.S"], flat[f"{n}.V"]))
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            # unique per process and host: workers on several nodes may share cache_dir
+            tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
             save_file(
                 {
                     f"{n}.{part}": t.cpu()

@@ -85,16 +85,26 @@ def test_plan_arithmetic_on_a_small_config(small_config):
     # the first child's SVD: the gate and up projections (32 × 16, 4 of them) are the costliest
     # chunk: gathered in float32 and the storage dtype, U, S and V
     per_matrix = 32 * 16 * (4 + 4) + (32 + 16 + 1) * 16 * 4
-    assert plan.transient == {"svd at the first child": 4 * per_matrix}
+    # replaying a child's rank-2 spectral terms: the same 4 matrices' stacked U, V and scaled U
+    replay = 4 * (2 * 32 + 16) * 2 * 4
+    assert plan.transient == {
+        "svd at the first child": 4 * per_matrix,
+        "spectral terms of a child": replay,
+    }
     steady = sum(v for k, v in plan.memory.items() if k != "overhead")
     generation = plan.memory["kv cache"] + plan.memory["activations"]
     assert plan.steady == steady
-    assert plan.first_child == steady - generation + 4 * per_matrix
+    assert plan.first_child == steady - generation + max(4 * per_matrix, replay)
     peak = max(plan.steady, plan.first_child)
     assert plan.memory["overhead"] == pytest.approx(2 * GiB + 0.05 * peak)
     assert plan.total == pytest.approx(peak + plan.memory["overhead"])
     assert plan.budget == 143771 * 2**20 and plan.fits  # an H200 as nvidia-smi reports it
-    assert plan.driver == params * 4 * (1 + 2 + 1) + plan.memory["materialiser workspace"]
+    assert plan.driver == (
+        params * 4 * (1 + 2 + 1)
+        + plan.memory["materialiser workspace"]
+        + plan.memory["svd cache"]
+        + 4 * per_matrix
+    )
     decode_code = 3 * 4 * (params * 4 + 4 * 12 * per_token / 2) / 4.8e12  # 3 batches × 4 steps
     assert plan.seconds["generate code"] > decode_code
     assert plan.run_hours == pytest.approx(40 * plan.per_child / 3600)

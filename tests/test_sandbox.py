@@ -136,7 +136,14 @@ def test_no_network_even_to_the_hosts_loopback(sandbox):
     server.listen()
     port = server.getsockname()[1]
     accepted = []
-    threading.Thread(target=lambda: accepted.append(server.accept()), daemon=True).start()
+
+    def accept():
+        try:
+            accepted.append(server.accept())
+        except OSError:  # the socket closed at the test's end: nobody connected
+            pass
+
+    threading.Thread(target=accept, daemon=True).start()
     result = sandbox.run(
         "python",
         [
@@ -225,3 +232,23 @@ def test_nothing_a_problem_writes_outlives_it():
             "shell", [{"code": "ls -a / /tmp /dev/shm; find / -name planted 2>/dev/null; true"}]
         )[0]
         assert "planted" not in second.stdout and "home" not in second.stdout
+        # within one request: /dev, unremovable folders, the shared fixture, planted links
+        tamper = (
+            "echo a > /dev/planted; rm -f /dev/stdout; mkdir -p /tmp/keep/d; "
+            "echo secret > /tmp/keep/d/s; chmod 000 /tmp/keep/d /tmp/keep; mkdir sub; "
+            "chmod 000 sub; echo changed > /tmp/fixture/f.txt; "
+            "ln -s /tmp/fixture/stash /tmp/fixture/given.txt; echo done"
+        )
+        look = (
+            "cat /dev/planted /tmp/keep/d/s /tmp/fixture/stash 2>&1; ls /tmp; cat f.txt "
+            "given.txt; echo out > /dev/stdout"
+        )
+        first, second = box.run(
+            "shell",
+            [{"code": tamper}, {"code": look, "files": {"given.txt": "mine\n"}}],
+            files={"f.txt": "original\n"},
+        )
+        assert first.stdout == "done\n" and "Read-only file system" in first.stderr
+        assert second.error is None
+        assert second.stdout.endswith("fixture\njob\noriginal\nmine\nout\n")
+        assert "secret" not in second.stdout and "No such file" in second.stdout

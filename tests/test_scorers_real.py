@@ -185,8 +185,25 @@ def test_hostile_code_fails_inside_the_sandbox(mbpp_file):
         "```python\nimport sys\nsys.exit(0)\n```",
         "```python\nimport os\nos._exit(0)\n```",
         "```python\nprint(open('/proc/self/fd/0').read() + open('program.py').read())\n```",
+        "```python\nfrom __future__ import annotations; import os, re\n"
+        "print(re.findall(r'cycleqd-passed-\\w+', os.pread(0, 1 << 20, 0).decode())[0])\n"
+        "os._exit(0)\n```",
     ]
-    assert scorer.passed(scorer.problems["val"], cheats) == [False, False, False]
+    assert scorer.passed(scorer.problems["val"] * 2, cheats + cheats[:2]) == [False] * 6
+
+
+def test_legitimate_programs_are_not_mistaken_for_cheats(mbpp_file):
+    scorer = CodePassAt1(val=str(mbpp_file), limit=1)
+    larger = "def larger(a, b):\n    return a if a > b else b\n"
+    replies = [
+        "```python\n" + larger + "print('no newline', end='')\n```",
+        "```python\nimport sys\n" + larger + "data = sys.stdin.read()\n```",
+        "```python\n"
+        + larger
+        + "if __name__ == '__main__':\n    print(larger(int(input()), 1))\n```",
+        "```python\nfrom __future__ import (\n    annotations,\n)\n" + larger + "```",
+    ]
+    assert scorer.passed(scorer.problems["val"] * 4, replies) == [True] * 4
 
 
 def test_whole_functions_keep_the_prompts_helpers():
@@ -537,6 +554,21 @@ def test_vllm_backend_pushes_weights_once_per_version(public):
     assert engine.kwargs == {}
     backend.chat(model, conversations, max_new_tokens=7, chat_template="{{ messages }}")
     assert engine.kwargs == {"chat_template": "{{ messages }}"}  # vLLM's own chat argument
+
+
+def test_vllm_backend_gives_a_custom_template_the_models_bos(tiny_lm, monkeypatch):
+    engine = FakeVLLM()
+    backend = VLLMBackend(engine=engine, sampling=lambda **kw: kw)
+    model = torch.nn.Linear(2, 2)
+    model.tokenizer = _tokenizer_variant(tiny_lm.tokenizer, bos=True)
+    conversation = [[{"role": "user", "content": "a"}]]
+    backend.chat(model, conversation, max_new_tokens=2, chat_template="@@ {{ messages }}")
+    assert engine.kwargs == {"chat_template": "{{ bos_token }}@@ {{ messages }}"}
+    backend.chat(model, conversation, max_new_tokens=2, chat_template="{{ bos_token }}x")
+    assert engine.kwargs == {"chat_template": "{{ bos_token }}x"}
+    model.tokenizer = tiny_lm.tokenizer  # adds no BOS to plain text: left alone
+    backend.chat(model, conversation, max_new_tokens=2, chat_template="@@ {{ messages }}")
+    assert engine.kwargs == {"chat_template": "@@ {{ messages }}"}
 
 
 def test_vllm_backend_without_vllm_says_how_to_install():

