@@ -122,35 +122,28 @@ def write_files(root, files, encoding):
             fh.write(content.encode(encoding, "replace"))
 
 
+def unlock(path):
+    """Make ``path`` and every folder below it that can be reached open to its owner."""
+    for target in [path] + [os.path.join(f, d) for f, dirs, _ in os.walk(path) for d in dirs]:
+        try:
+            os.chmod(target, 0o700, follow_symlinks=False)
+        except (OSError, NotImplementedError):
+            pass
+
+
 def remove(path):
     """Remove ``path`` whatever a problem did to it (directories made unreadable included)."""
-    if os.path.isdir(path) and not os.path.islink(path):
-        for folder, dirs, _ in os.walk(path):
-            for name in dirs:
-                try:
-                    os.chmod(os.path.join(folder, name), 0o700, follow_symlinks=False)
-                except (OSError, NotImplementedError):
-                    pass
-        try:
-            os.chmod(path, 0o700)
-        except OSError:
-            pass
-        # os.walk cannot enter a folder made 000 before its parent was fixed: go again
-        for _ in range(8):
-            shutil.rmtree(path, ignore_errors=True)
-            if not os.path.lexists(path):
-                return
-            for folder, dirs, _ in os.walk(path):
-                for name in dirs:
-                    try:
-                        os.chmod(os.path.join(folder, name), 0o700, follow_symlinks=False)
-                    except (OSError, NotImplementedError):
-                        pass
-    else:
+    if not os.path.isdir(path) or os.path.islink(path):
         try:
             os.unlink(path)
         except OSError:
             pass
+        return
+    for _ in range(8):  # each pass opens one more level of folders a problem made 000
+        unlock(path)
+        shutil.rmtree(path, ignore_errors=True)
+        if not os.path.lexists(path):
+            return
 
 
 def digest(root):

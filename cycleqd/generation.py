@@ -310,7 +310,6 @@ class VLLMBackend:
     ) -> list[str]:
         """Greedy replies from the engine, after syncing the weights."""
         self.sync(model)
-        assert self.sampling is not None or self.engine is not None
         make = self.sampling or (lambda **kw: kw)
         params = make(temperature=0.0, max_tokens=max_new_tokens, stop=list(stop) or None)
         tokenizer = getattr(model, "tokenizer", None)

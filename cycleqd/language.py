@@ -15,12 +15,13 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from cycleqd.errors import CycleQDError
 
-__all__ = ["LanguageRetention", "TASK"]
+__all__ = ["LanguageRetention", "TASK", "quiet_lm_eval"]
 
 TASK = "cycleqd_language"
 
@@ -38,6 +39,26 @@ metric_list:
     aggregation: bits_per_byte
     higher_is_better: false
 """
+
+
+@contextlib.contextmanager
+def quiet_lm_eval() -> Iterator[None]:
+    """Run lm-eval offline and quietly; errors still raise.
+
+    lm-eval and datasets report progress and warnings on stderr for every call: a scorer that
+    runs once per model would bury the run's own display.
+    """
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    loggers = [logging.getLogger(name) for name in ("lm_eval", "lm-eval")]
+    levels = [logger.level for logger in loggers]
+    try:
+        for logger in loggers:
+            logger.setLevel(logging.ERROR)
+        with contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 class LanguageRetention:
@@ -86,31 +107,20 @@ class LanguageRetention:
             raise CycleQDError("LanguageRetention needs the model's tokenizer as model.tokenizer")
         if split not in self.documents:
             raise CycleQDError(f"unknown split {split!r}; use val or test")
-        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-        # lm-eval and datasets report progress and warnings on stderr for every call: a scorer
-        # that runs once per model would bury the run's own display; errors still raise
-        quiet = logging.getLogger("lm_eval"), logging.getLogger("lm-eval")
-        levels = [q.level for q in quiet]
-        try:
-            for q in quiet:
-                q.setLevel(logging.ERROR)
-            with contextlib.redirect_stderr(io.StringIO()):
-                lm = HFLM(
-                    pretrained=model,
-                    tokenizer=tokenizer,
-                    batch_size=self.batch_size,
-                    max_length=self.max_length,
-                )
-                manager = TaskManager(include_path=str(self._dir))
-                results = lm_eval.simple_evaluate(
-                    model=lm,
-                    tasks=[f"{TASK}_{split}"],
-                    task_manager=manager,
-                    verbosity="ERROR",
-                    log_samples=False,
-                )
-        finally:
-            for q, level in zip(quiet, levels, strict=True):
-                q.setLevel(level)
+        with quiet_lm_eval():
+            lm = HFLM(
+                pretrained=model,
+                tokenizer=tokenizer,
+                batch_size=self.batch_size,
+                max_length=self.max_length,
+            )
+            manager = TaskManager(include_path=str(self._dir))
+            results = lm_eval.simple_evaluate(
+                model=lm,
+                tasks=[f"{TASK}_{split}"],
+                task_manager=manager,
+                verbosity="ERROR",
+                log_samples=False,
+            )
         bits_per_byte = results["results"][f"{TASK}_{split}"]["bits_per_byte,none"]
         return float(2.0**-bits_per_byte)

@@ -12,16 +12,13 @@ their own (see :class:`cycleqd.language.LanguageRetention`).
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 import math
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from cycleqd.errors import CycleQDError
+from cycleqd.language import quiet_lm_eval
 from cycleqd.scorers._common import check_split
 
 __all__ = ["LmEvalTasks"]
@@ -114,36 +111,27 @@ class LmEvalTasks:
         from lm_eval.tasks import TaskManager
 
         check_split(split, WHAT)
-        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-        quiet = [logging.getLogger(n) for n in ("lm_eval", "lm-eval")]
-        levels = [q.level for q in quiet]
-        try:
-            for q in quiet:
-                q.setLevel(logging.ERROR)
-            with contextlib.redirect_stderr(io.StringIO()):
-                if self._manager is None:
-                    self._manager = TaskManager(include_path=self.include_path)
-                known = set(self._manager.all_tasks)
-                unknown = [t for t in self.tasks[split] if t not in known]
-                if unknown:
-                    raise CycleQDError(
-                        f"{WHAT}: unknown lm-eval task(s) {unknown}: check the names "
-                        "(`lm-eval ls tasks`) or give the folder of your task YAMLs as "
-                        "include_path"
-                    )
-                results = lm_eval.simple_evaluate(
-                    model=self._wrap(model),
-                    tasks=list(self.tasks[split]),
-                    task_manager=self._manager,
-                    limit=self.limit,
-                    num_fewshot=self.num_fewshot,
-                    apply_chat_template=self.apply_chat_template,
-                    verbosity="ERROR",
-                    log_samples=False,
+        with quiet_lm_eval():
+            if self._manager is None:
+                self._manager = TaskManager(include_path=self.include_path)
+            known = set(self._manager.all_tasks)
+            unknown = [t for t in self.tasks[split] if t not in known]
+            if unknown:
+                raise CycleQDError(
+                    f"{WHAT}: unknown lm-eval task(s) {unknown}: check the names "
+                    "(`lm-eval ls tasks`) or give the folder of your task YAMLs as "
+                    "include_path"
                 )
-        finally:
-            for q, level in zip(quiet, levels, strict=True):
-                q.setLevel(level)
+            results = lm_eval.simple_evaluate(
+                model=self._wrap(model),
+                tasks=list(self.tasks[split]),
+                task_manager=self._manager,
+                limit=self.limit,
+                num_fewshot=self.num_fewshot,
+                apply_chat_template=self.apply_chat_template,
+                verbosity="ERROR",
+                log_samples=False,
+            )
         values = {}
         for task in self.tasks[split]:
             found = results["results"].get(task, {})
