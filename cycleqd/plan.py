@@ -31,7 +31,6 @@ at the float32 peak. These are estimates for capacity planning, not measurements
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -271,14 +270,14 @@ _SHAPES: dict[str, tuple[str | None, int, str | None, int, int, int]] = {
 
 
 def _count(source: Any) -> int | None:
+    """Problems in a scorer's ``val`` data, read as the scorer reads it; ``None`` if absent."""
+    from cycleqd.scorers._common import read_records
+    from cycleqd.scorers.code import load_problems
+
     if source == "humaneval":
-        return 164
+        return len(load_problems(source))
     if isinstance(source, str) and Path(source).expanduser().is_file():
-        path = Path(source).expanduser()
-        if path.suffix == ".json":
-            data = json.loads(path.read_text())
-            return len(data) if isinstance(data, list) else None
-        return sum(1 for line in path.read_text().splitlines() if line.strip())
+        return len(read_records(source, what="cycleqd plan"))
     return None
 
 
