@@ -25,7 +25,7 @@ lint: setup
 	$(VENV)/bin/ruff check .
 
 test: lint
-	$(PY) -m pytest -q
+	$(PY) -P -m pytest -q
 
 bench: setup
 	$(PY) bench/materialize.py

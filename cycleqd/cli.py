@@ -38,23 +38,40 @@ def _fail(exc: Exception) -> None:
 
 
 def _summary_table(summary: dict[str, Any]) -> Table:
+    """The report as a table: each score with its 95% interval over requests where known."""
     tasks = summary["tasks"]
-    table = Table(title=f"{summary['split']} split")
+    intervals = summary.get("intervals", {})
+    bounds = intervals.get("methods", {})
+    differences = intervals.get("differences", {})
+    reference = intervals.get("reference")
+    title = f"{summary['split']} split"
+    if bounds:
+        title += " (95% intervals over requests)"
+    table = Table(title=title)
     table.add_column("method")
     report = summary.get("report", [])
-    for task in tasks:
-        table.add_column(task, justify="right")
-    table.add_column("average", justify="right")
+    columns = [*tasks, "average"] + (
+        ["retention"] if any("retention" in row for row in summary["methods"].values()) else []
+    )
+    for column in columns:
+        table.add_column(column, justify="right")
     for metric in report:
         table.add_column(f"{metric} (not evolved)", justify="right")
+    if differences:
+        table.add_column(f"{reference} − method: average", justify="right")
     for name, scores in summary["methods"].items():
         values = [scores[t] for t in tasks]
-        table.add_row(
-            name,
-            *(f"{v:.3f}" for v in values),
-            f"{sum(values) / len(values):.3f}",
-            *(f"{scores[m]:.3f}" for m in report),
-        )
+        scores = {"average": sum(values) / len(values)} | scores
+        cells = []
+        for column in columns:
+            cell = f"{scores.get(column, float('nan')):.3f}"
+            span = bounds.get(name, {}).get(column)
+            cells.append(cell + (f" [{span[0]:.3f}, {span[1]:.3f}]" if span else ""))
+        cells += [f"{scores[m]:.3f}" for m in report]
+        if differences:
+            d = differences.get(name, {}).get("average")
+            cells.append(f"{d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]" if d else "")
+        table.add_row(name, *cells)
     return table
 
 
@@ -157,6 +174,7 @@ def _evolve(cfg: Any, store: Any, resume: bool) -> dict[str, Any]:
     )
 
     from cycleqd.evolver import Evolver
+    from cycleqd.progress import progress as stage
 
     progress = Progress(
         TextColumn("[bold]gen {task.completed}/{task.total}"),
@@ -175,11 +193,9 @@ def _evolve(cfg: Any, store: Any, resume: bool) -> dict[str, Any]:
         def show(report: Any) -> None:
             best = " ".join(f"{t}={s['best']:.3f}" for t, s in report.stats.items())
             coverage = sum(s["coverage"] for s in report.stats.values()) / len(report.stats)
-            progress.update(
-                bar,
-                completed=report.generation + 1,
-                status=(f"active={report.active_task} coverage={coverage:.2f} best: {best}"),
-            )
+            status = f"active={report.active_task} coverage={coverage:.2f} best: {best}"
+            progress.update(bar, completed=report.generation + 1, status=status)
+            stage(f"generation {report.generation + 1}/{report.generations} {status}")
 
         evolver = Evolver(cfg, store, on_generation=show)
         progress.update(bar, completed=evolver.generation, status="seeding")
@@ -364,6 +380,14 @@ def experts_build(
     console.print(f"models of {cfg.name!r} ready ({time.perf_counter() - start:.0f} s):")
     for name, path in [("base", base), *((f"expert {t}", p) for t, p in experts.items())]:
         console.print(f"  {name}: {path}", soft_wrap=True, highlight=False)
+    if cfg.models.source == "tinylm":
+        from cycleqd.tinylm import build_info
+
+        info = build_info(base)
+        console.print(
+            f"  weights sha256 {info['weights_sha256']} (built in {info['build_s']:.0f} s)",
+            highlight=False,
+        )
 
 
 @app.command()

@@ -47,13 +47,18 @@ from cycleqd._io import atomic_write_json, atomic_write_text
 from cycleqd.config import ConfigError, RunConfig
 from cycleqd.evolver import SOUP_SIZES, VALIDATION_TEMPERATURES, Evolver
 from cycleqd.genome import Genome
+from cycleqd.stats import interval, objective_value, resampled_columns, retention
 
 __all__ = ["ABLATIONS", "compare", "evaluation_budget", "methods_of"]
 
 #: The ablation chain, in the paper's order; each entry's evolution overrides.
 ABLATIONS = ("fixed_axes", "cycling", "svd_mutation", "cycleqd")
-#: Methods whose result does not depend on the seed (computed once).
+#: Methods whose result does not depend on the evolution's seed (computed once per expert build).
 STATIC = ("base", "task_arithmetic", "ties")
+#: Model sources that build their experts from a seeded recipe.
+BUILDERS = ("tinylm", "digits")
+#: The method the others are compared with, pairwise on the same requests.
+REFERENCE = "cycleqd"
 
 
 def methods_of(cfg: RunConfig) -> list[str]:
@@ -66,12 +71,35 @@ def methods_of(cfg: RunConfig) -> list[str]:
 
 
 def evaluation_budget(cfg: RunConfig) -> int:
-    """Val evaluations of one CycleQD run: seeds, children, final-model candidates."""
+    """Evaluations of one CycleQD run: seeds, children, and the final choice on val.
+
+    The final choice scores the experts on val (what ``retention`` divides by) and every
+    final-model candidate.
+    """
     evo = cfg.evolution
     final = 0
     if cfg.final.method == "validation":
-        final = 2 * len(VALIDATION_TEMPERATURES) + len(SOUP_SIZES)
+        final = len(cfg.tasks) + 2 * len(VALIDATION_TEMPERATURES) + len(SOUP_SIZES)
     return len(cfg.tasks) + evo.generations * evo.batch_size + final
+
+
+def builds_experts(cfg: RunConfig) -> bool:
+    """Whether ``cfg``'s experts are built from a seeded recipe (so each seed builds its own)."""
+    return cfg.models.source in BUILDERS
+
+
+def seeded(cfg: RunConfig, seed: int) -> RunConfig:
+    """``cfg`` at ``seed``: the evolution's seed and, for built experts, the build's seed.
+
+    Seed ``cfg.seed + s`` builds its experts with the recipe's seed plus ``s``, so that the
+    spread over seeds includes the experts' own.
+    """
+    data = cfg.model_dump() | {"seed": seed}
+    if builds_experts(cfg):
+        params = dict(cfg.models.params)
+        params["seed"] = int(params.get("seed", 0)) + seed - cfg.seed
+        data["models"] = cfg.models.model_dump() | {"params": params}
+    return RunConfig.model_validate(data)
 
 
 def _ablation(cfg: RunConfig, name: str, seed: int, std: float) -> RunConfig:
@@ -84,13 +112,13 @@ def _ablation(cfg: RunConfig, name: str, seed: int, std: float) -> RunConfig:
         evo |= {"cycle": True, "mutation": gaussian, "selection": uniform}
     elif name == "svd_mutation":
         evo |= {"cycle": True, "selection": uniform}
-    data = cfg.model_dump() | {"seed": seed, "evolution": evo, "name": f"{cfg.name}-{name}"}
+    data = seeded(cfg, seed).model_dump() | {"evolution": evo, "name": f"{cfg.name}-{name}"}
     data["final"] = cfg.final.model_dump() | {"report": [], "ties_densities": []}
     return RunConfig.model_validate(data)
 
 
 class _Context:
-    """What one process needs for its cells: the weight space, scorers, evaluators."""
+    """What one process needs for one expert build's cells: weights, scorers, evaluators."""
 
     def __init__(self, cfg: RunConfig, root: Path) -> None:
         from cycleqd.evaluator import LocalEvaluator
@@ -106,23 +134,37 @@ class _Context:
             self.space, self.source, self.extra, materializer=self.val.materializer
         )
         self.evaluations = 0
+        self._experts: dict[str, float] | None = None
 
-    def val_average(self, genome: Genome, evaluator: Any = None) -> float:
+    def expert_val_scores(self) -> dict[str, float]:
+        """Each expert's val score on its own task (for ``retention``), once per build."""
+        if self._experts is None:
+            experts = [Genome.expert(self.space, k) for k in range(len(self.cfg.tasks))]
+            scores = self.val.evaluate(experts, "val").scores
+            self._experts = {t: float(scores[k, k]) for k, t in enumerate(self.cfg.task_names)}
+        return self._experts
+
+    def objective(self, genome: Genome, split: str = "val") -> tuple[float, ...]:
+        """``genome``'s ``final.objective`` key on ``split`` (one evaluation)."""
+        experts = self.expert_val_scores()
         self.evaluations += 1
-        scores = (evaluator or self.val).evaluate([genome], "val").scores[0]
-        return float("-inf") if np.isnan(scores).any() else float(scores.mean())
+        row = self.val.evaluate([genome], split).scores[0]
+        scores = dict(zip(self.cfg.task_names, row.tolist(), strict=True))
+        return objective_value(self.cfg.final.objective, scores, experts)
 
-    def test_row(self, genome: Genome, val: Any = None, report: Any = None) -> dict[str, float]:
-        """The genome's test scores: every task, then every report metric."""
-        row = (val or self.val).evaluate([genome], "test").scores[0]
-        out = dict(zip(self.cfg.task_names, map(float, row), strict=True))
+    def test_row(
+        self, genome: Genome, val: Any = None, report: Any = None
+    ) -> tuple[dict[str, float], dict[str, list[float]]]:
+        """The genome's test scores (every task, then every report metric), and per request."""
+        result = (val or self.val).evaluate([genome], "test")
+        out = dict(zip(self.cfg.task_names, map(float, result.scores[0]), strict=True))
         if self.extra:
             extra = (report or self.report).evaluate([genome], "test").scores[0]
             out |= dict(zip(self.extra, map(float, extra), strict=True))
-        return out
+        return out, {t: list(v) for t, v in result.items[0].items()}
 
     def best_on_val(self, candidates: dict[Any, Genome]) -> tuple[Any, Genome]:
-        scored = [(self.val_average(g), -i, key) for i, (key, g) in enumerate(candidates.items())]
+        scored = [(self.objective(g), -i, key) for i, (key, g) in enumerate(candidates.items())]
         key = max(scored)[2]
         return key, candidates[key]
 
@@ -138,19 +180,31 @@ class _Context:
         return rate / 2 * math.sqrt(total / count)
 
 
-_CONTEXT: _Context | None = None
+_CONFIG: tuple[RunConfig, Path] | None = None
+_CONTEXTS: dict[int, _Context] = {}
 
 
 def _init(config_json: str, root: str, threads: int) -> None:
-    global _CONTEXT
+    global _CONFIG
     torch.set_num_threads(threads)  # before the sandbox pool is sized from it
-    _CONTEXT = _Context(RunConfig.model_validate_json(config_json), Path(root))
+    _CONFIG = (RunConfig.model_validate_json(config_json), Path(root))
+    _CONTEXTS.clear()
+
+
+def _context(seed: int) -> _Context:
+    """The context of the experts built for ``seed`` (one build for all seeds if fixed)."""
+    assert _CONFIG is not None
+    cfg, root = _CONFIG
+    build = seed if builds_experts(cfg) else cfg.seed
+    if build not in _CONTEXTS:
+        _CONTEXTS.clear()  # one build's weights in memory at a time
+        _CONTEXTS[build] = _Context(seeded(cfg, build), root)
+    return _CONTEXTS[build]
 
 
 def _cell(method: str, seed: int) -> dict[str, Any]:
     """Run one method at one seed; returns its record (also written to ``cells/``)."""
-    ctx = _CONTEXT
-    assert ctx is not None
+    ctx = _context(seed)
     start = time.perf_counter()
     ctx.evaluations = 0
     info: dict[str, Any] = {}
@@ -187,10 +241,12 @@ def _cell(method: str, seed: int) -> dict[str, Any]:
         row, info = _finetune(ctx, seed)
     else:
         row, info = _evolve(ctx, method, seed)
+    test, items = row
     record = {
         "method": method,
         "seed": seed,
-        "test": row,
+        "test": test,
+        "items": items,
         "val_evaluations": ctx.evaluations,
         "seconds": round(time.perf_counter() - start, 1),
         **info,
@@ -199,7 +255,7 @@ def _cell(method: str, seed: int) -> dict[str, Any]:
     return record
 
 
-def _cma_es(ctx: _Context, seed: int) -> tuple[dict[str, float], dict[str, Any]]:
+def _cma_es(ctx: _Context, seed: int) -> tuple[Any, dict[str, Any]]:
     import cma
 
     K = len(ctx.cfg.tasks)
@@ -209,23 +265,28 @@ def _cma_es(ctx: _Context, seed: int) -> tuple[dict[str, float], dict[str, Any]]
         0.3,
         {"seed": seed + 1, "bounds": [0.0, 2.0], "verbose": -9, "maxfevals": budget},
     )
-    best, best_x = float("-inf"), np.full(K, 0.5)
+    best: tuple[float, ...] = (float("-inf"),)
+    best_x = np.full(K, 0.5)
+    ctx.expert_val_scores()
+    ctx.evaluations += K  # CycleQD's budget counts the experts' val scores too
     while ctx.evaluations < budget:
         xs = es.ask()[: budget - ctx.evaluations]
         losses = []
         for x in xs:
-            value = ctx.val_average(Genome.linear(ctx.space, torch.tensor(x).float()))
-            losses.append(-value if math.isfinite(value) else 1.0)
-            if value > best:
-                best, best_x = value, np.asarray(x)
+            # the same split as CycleQD's children, the same objective as every choice
+            key = ctx.objective(Genome.linear(ctx.space, torch.tensor(x).float()), "search")
+            # CMA-ES minimises one number: the objective's first value, then its tie-break
+            losses.append(-(key[0] + 1e-3 * key[-1]) if math.isfinite(key[0]) else 1.0)
+            if key > best:
+                best, best_x = key, np.asarray(x)
         if len(xs) < es.popsize:
             break
         es.tell(xs, losses)
     genome = Genome.linear(ctx.space, torch.tensor(best_x).float())
-    return ctx.test_row(genome), {"coefficients": best_x.tolist(), "val_average": best}
+    return ctx.test_row(genome), {"coefficients": best_x.tolist(), "search_objective": list(best)}
 
 
-def _finetune(ctx: _Context, seed: int) -> tuple[dict[str, float], dict[str, Any]]:
+def _finetune(ctx: _Context, seed: int) -> tuple[Any, dict[str, Any]]:
     from cycleqd.evaluator import LocalEvaluator
     from cycleqd.tinylm import build_multitask
     from cycleqd.weights import WeightSpace
@@ -239,7 +300,7 @@ def _finetune(ctx: _Context, seed: int) -> tuple[dict[str, float], dict[str, Any
     return ctx.test_row(Genome.expert(space, 0), val, report), {"steps": steps}
 
 
-def _evolve(ctx: _Context, method: str, seed: int) -> tuple[dict[str, float], dict[str, Any]]:
+def _evolve(ctx: _Context, method: str, seed: int) -> tuple[Any, dict[str, Any]]:
     from cycleqd.evaluator import LocalEvaluator
     from cycleqd.store import RunStore
 
@@ -254,56 +315,145 @@ def _evolve(ctx: _Context, method: str, seed: int) -> tuple[dict[str, float], di
     evolver.evolve(resume=True)
     final, info = evolver.final_genome()
     evolver.store.write_json("final.json", info)
-    ctx.evaluations = evolver.evaluations + len(info["candidates"]) * (len(info["candidates"]) > 1)
+    ctx.evaluations = evolver.evaluations
     report = LocalEvaluator(
         evolver.space, evolver.source, ctx.extra, materializer=evolver.materializer
     )
     row = ctx.test_row(final, evolver.evaluator, report)
     evolver.close()
-    keep = ("pool", "temperature", "val_average")
+    keep = ("pool", "temperature", "val_average", "val_objective")
     return row, {"final": {k: info.get(k) for k in keep}, "run": str(root)}
 
 
+def _once(cfg: RunConfig, method: str) -> bool:
+    """Whether ``method`` runs at the first seed only (fixed experts, no seed of its own)."""
+    return not builds_experts(cfg) and (method in STATIC or method.startswith("expert_"))
+
+
 def _summarise(cfg: RunConfig, records: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
-    columns = [*cfg.task_names, "average", *(m.name for m in cfg.final.report)]
+    tasks = cfg.task_names
+    columns = [*tasks, "average", "retention", *(m.name for m in cfg.final.report)]
+    experts = {t: f"expert_{t}" for t in tasks}
+    # every seed's results, a method run once standing for every seed (the same experts)
+    at: dict[int, dict[str, dict[str, Any]]] = {seed: {} for seed in seeds}
+    for r in records:
+        for seed in seeds if _once(cfg, r["method"]) else [r["seed"]]:
+            if seed in at:
+                at[seed][r["method"]] = r
+    resampled = {
+        seed: resampled_columns(
+            {m: r.get("items", {}) for m, r in cells.items()}, tasks, experts, seed=0
+        )
+        for seed, cells in at.items()
+    }
+
+    def value(seed: int, method: str, column: str) -> float:
+        cells = at[seed]
+        row = cells[method]["test"]
+        if column == "average":
+            return float(np.mean([row[t] for t in tasks]))
+        if column == "retention":
+            if not all(experts[t] in cells for t in tasks):
+                return float("nan")
+            return retention(row, {t: cells[experts[t]]["test"][t] for t in tasks})
+        return float(row[column])
+
     methods: dict[str, Any] = {}
     for method in methods_of(cfg):
         rows = sorted((r for r in records if r["method"] == method), key=lambda r: r["seed"])
         if not rows:
             continue
+        own_seeds = [r["seed"] for r in rows]
         stats: dict[str, Any] = {}
         for column in columns:
-            if column == "average":
-                values = [float(np.mean([r["test"][t] for t in cfg.task_names])) for r in rows]
-            else:
-                values = [r["test"][column] for r in rows]
+            values = [value(seed, method, column) for seed in own_seeds]
             stats[column] = {
                 "mean": float(np.mean(values)),
                 "sd": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
                 "values": values,
+                # over requests, at each seed: what one seed's figure can resolve
+                "intervals": [
+                    interval(resampled[seed][method][column])
+                    for seed in own_seeds
+                    if column in resampled[seed].get(method, {})
+                ],
             }
         methods[method] = {
-            "seeds": [r["seed"] for r in rows],
+            "seeds": own_seeds,
             "scores": stats,
             "val_evaluations": [r["val_evaluations"] for r in rows],
             "seconds": [r["seconds"] for r in rows],
         }
+    differences = _differences(cfg, at, resampled, seeds, value)
     return {
         "config": cfg.name,
         "split": "test",
         "seeds": seeds,
-        "tasks": cfg.task_names,
+        "experts_vary_with_seed": builds_experts(cfg),
+        "objective": cfg.final.objective,
+        "tasks": tasks,
         "columns": columns,
         "evaluation_budget": evaluation_budget(cfg),
         "methods": methods,
+        "reference": REFERENCE,
+        "differences": differences,
     }
+
+
+def _differences(
+    cfg: RunConfig,
+    at: dict[int, dict[str, dict[str, Any]]],
+    resampled: dict[int, dict[str, dict[str, np.ndarray]]],
+    seeds: list[int],
+    value: Callable[[int, str, str], float],
+) -> dict[str, Any]:
+    """``REFERENCE − method`` per column, paired on the same requests and the same seed.
+
+    ``mean``: over the seeds both ran; ``interval``: the 95% bootstrap interval of that mean
+    over requests (each seed's requests resampled, the same indices for both methods);
+    ``values``: each seed's difference.
+    """
+    out: dict[str, Any] = {}
+    for method in methods_of(cfg):
+        if method == REFERENCE:
+            continue
+        both = [s for s in seeds if REFERENCE in at[s] and method in at[s]]
+        if not both:
+            continue
+        per_column: dict[str, Any] = {}
+        for column in [*cfg.task_names, "average", "retention"]:
+            values = [value(s, REFERENCE, column) - value(s, method, column) for s in both]
+            samples = [
+                resampled[s][REFERENCE][column] - resampled[s][method][column]
+                for s in both
+                if column in resampled[s].get(REFERENCE, {})
+                and column in resampled[s].get(method, {})
+            ]
+            per_column[column] = {
+                "mean": float(np.mean(values)),
+                "values": values,
+                "interval": interval(np.mean(samples, axis=0))
+                if len(samples) == len(both)
+                else None,
+            }
+        out[method] = {"seeds": both, "columns": per_column}
+    return out
+
+
+def _fmt_interval(bounds: list[float] | None) -> str:
+    return "" if not bounds else f" [{bounds[0]:+.3f}, {bounds[1]:+.3f}]"
 
 
 def _markdown(summary: dict[str, Any]) -> str:
     columns = summary["columns"]
+    seeds = summary["seeds"]
+    varied = "evolution and expert build" if summary["experts_vary_with_seed"] else "evolution"
     lines = [
-        f"Test split, mean ± sd over seeds {summary['seeds']} (one value where the method does "
-        f"not depend on the seed); budget {summary['evaluation_budget']} val evaluations.",
+        f"Test split, mean ± sd over seeds {seeds} ({varied} seeds; one value where a method "
+        f"ran once); every choice on val by `{summary['objective']}`; budget "
+        f"{summary['evaluation_budget']} evaluations. `retention`: the worst task's score as a "
+        "fraction of its expert's; ± after a single value: the 95% interval over requests, "
+        "half its width.",
         "",
         "| method | " + " | ".join(columns) + " | val evals |",
         "|---|" + "---|" * (len(columns) + 1),
@@ -312,10 +462,32 @@ def _markdown(summary: dict[str, Any]) -> str:
         cells = []
         for column in columns:
             s = data["scores"][column]
-            text = f"{s['mean']:.3f}" + (f" ± {s['sd']:.3f}" if len(data["seeds"]) > 1 else "")
-            cells.append(f"**{text}**" if column == "average" else text)
+            if len(data["seeds"]) > 1:
+                text = f"{s['mean']:.3f} ± {s['sd']:.3f}"
+            elif s["intervals"]:
+                lo, hi = s["intervals"][0]
+                text = f"{s['mean']:.3f} ± {(hi - lo) / 2:.3f}"
+            else:
+                text = f"{s['mean']:.3f}"
+            cells.append(f"**{text}**" if column in ("average", "retention") else text)
         evals = int(np.mean(data["val_evaluations"]))
         lines.append(f"| {method} | " + " | ".join(cells) + f" | {evals} |")
+    tasks = summary["tasks"]
+    diff_columns = [*tasks, "average", "retention"]
+    lines += [
+        "",
+        f"Paired differences `{summary['reference']} − method` on the same test requests (and "
+        "the same seed), mean over seeds with its 95% bootstrap interval over requests:",
+        "",
+        "| method | " + " | ".join(diff_columns) + " |",
+        "|---|" + "---|" * len(diff_columns),
+    ]
+    for method, data in summary["differences"].items():
+        cells = []
+        for column in diff_columns:
+            d = data["columns"][column]
+            cells.append(f"{d['mean']:+.3f}{_fmt_interval(d['interval'])}")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -400,9 +572,7 @@ def compare(
     seed_list = [cfg.seed + s for s in range(seeds)]
     todo, records = [], []
     for method in known:
-        for seed in (
-            seed_list[:1] if method in STATIC or method.startswith("expert_") else seed_list
-        ):
+        for seed in seed_list[:1] if _once(cfg, method) else seed_list:
             path = root / "cells" / f"{method}__{seed}.json"
             if path.is_file():
                 records.append(json.loads(path.read_text()))

@@ -198,7 +198,13 @@ class FinalConfig(_Strict):
 
     Attributes:
         method: ``softmax`` (the paper: ``β = softmax`` of the best elites' qualities) or
-            ``validation`` (β chosen among softmax temperatures by the validation average).
+            ``validation`` (the final model chosen on val among softmax merges at several
+            temperatures and soups of the best elites, by ``objective``).
+        objective: what every choice on val maximises: the final model's, the baselines'
+            λ and density sweeps, and ``cycleqd compare``'s CMA-ES. ``mean``: the average over
+            tasks (the paper's). ``retention``: the worst task's score as a fraction of that
+            task's expert's val score, ties broken by the average (one model that keeps every
+            skill, rather than one that trades the hardest away).
         lambdas: the λ values swept for the task-arithmetic baseline ``θ_base + λ Σ_k τ_k``.
         ties_densities: the densities swept for the TIES baseline (mergekit's ``ties``, every
             expert weighted 1); an empty list leaves the baseline out.
@@ -207,6 +213,7 @@ class FinalConfig(_Strict):
     """
 
     method: Literal["softmax", "validation"] = "softmax"
+    objective: Literal["mean", "retention"] = "mean"
     lambdas: list[float] = Field(
         default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.2],
         min_length=1,

@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from cycleqd.errors import CycleQDError
+from cycleqd.stats import Score
 
 __all__ = ["DOMAINS", "DigitsAccuracy", "DigitsConfig", "DigitsMLP", "DigitsSource", "digits_split"]
 
@@ -214,7 +215,7 @@ class DigitsAccuracy:
         self.domain, self.noise = domain, noise
 
     @torch.no_grad()
-    def __call__(self, model: torch.nn.Module, split: str) -> float:
-        """Fraction of the split classified correctly."""
+    def __call__(self, model: torch.nn.Module, split: str) -> Score:
+        """Fraction of the split classified correctly (each image's verdict kept)."""
         x, y = digits_split(self.domain, split, self.noise)
-        return float((model(x).argmax(dim=1) == y).float().mean())
+        return Score((model(x).argmax(dim=1) == y).tolist())

@@ -27,7 +27,8 @@ from cycleqd.errors import CycleQDError
 from cycleqd.genome import Genome
 from cycleqd.materialize import Materializer
 from cycleqd.models import ModelSource, load_into
-from cycleqd.scorers import Scorer
+from cycleqd.scorers import Scorer, scorer_split
+from cycleqd.stats import Score
 from cycleqd.weights import WeightSpace
 
 __all__ = ["Evaluation", "Evaluator", "LocalEvaluator", "Outcome"]
@@ -43,10 +44,13 @@ class Evaluation:
     Attributes:
         scores: ``[B, K]``; a failed candidate's row is NaN.
         errors: per candidate, why it failed (``None`` when it did not).
+        items: per candidate, task → each request's result, for the tasks whose scorer
+            returned a :class:`cycleqd.stats.Score` (intervals are computed from them).
     """
 
     scores: np.ndarray
     errors: list[str | None] = field(default_factory=list)
+    items: list[dict[str, tuple[float, ...]]] = field(default_factory=list)
 
 
 @dataclass
@@ -57,11 +61,13 @@ class Outcome:
         ticket: what :meth:`Evaluator.submit` returned for it.
         scores: ``[K]``; NaN when it failed.
         error: why it failed (``None`` when it did not).
+        items: task → each request's result (see :class:`Evaluation`).
     """
 
     ticket: int
     scores: np.ndarray
     error: str | None
+    items: dict[str, tuple[float, ...]] = field(default_factory=dict)
 
 
 class Evaluator(Protocol):
@@ -119,26 +125,35 @@ class LocalEvaluator:
         """Scores of ``genomes``; a child that fails to materialise or score gets a NaN row."""
         scores = np.full((len(genomes), len(self.tasks)), np.nan)
         errors: list[str | None] = []
+        items: list[dict[str, tuple[float, ...]]] = []
         for i, genome in enumerate(genomes):
+            items.append({})
             try:
                 with _time_limit(self.timeout_s):
-                    self._score(genome, split, scores[i])
+                    self._score(genome, split, scores[i], items[i])
                 errors.append(None)
             except Exception as exc:  # a candidate's failure must not end the run
                 scores[i] = np.nan
+                items[i] = {}
                 errors.append(f"{type(exc).__name__}: {exc}")
-        return Evaluation(scores, errors)
+        return Evaluation(scores, errors, items)
 
-    def _score(self, genome: Genome, split: str, out: np.ndarray) -> None:
+    def _score(
+        self, genome: Genome, split: str, out: np.ndarray, items: dict[str, tuple[float, ...]]
+    ) -> None:
         self.materializer.materialize(genome)
         # scorers that share work across tasks (one decoding batch for every skill) know by
         # this that the weights changed
         self.model.cycleqd_weights_version = next(_WEIGHTS_VERSIONS)
         for j, task in enumerate(self.tasks):
-            value = float(self.scorers[task](self.model, split))
+            scorer = self.scorers[task]
+            result = scorer(self.model, scorer_split(scorer, split))
+            value = float(result)
             if not (math.isfinite(value) and 0.0 <= value <= 1.0):
                 raise CycleQDError(f"scorer of task {task!r} returned {value}, outside [0, 1]")
             out[j] = value
+            if isinstance(result, Score):
+                items[task] = result.items
 
     def submit(self, genome: Genome, split: str = "val") -> int:
         """Queue ``genome``; :meth:`collect` scores it (in-process work happens there)."""
@@ -152,7 +167,7 @@ class LocalEvaluator:
             return []
         ticket, genome, split = self._queue.pop(0)
         result = self.evaluate([genome], split)
-        return [Outcome(ticket, result.scores[0], result.errors[0])]
+        return [Outcome(ticket, result.scores[0], result.errors[0], result.items[0])]
 
     def close(self) -> None:
         """Nothing to release in-process."""

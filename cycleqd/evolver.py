@@ -36,11 +36,15 @@ from cycleqd.genome import Genome
 from cycleqd.materialize import Materializer
 from cycleqd.models import ModelSource, load_models
 from cycleqd.operators import CROSSOVERS, MUTATIONS, SELECTIONS, MutationContext
+from cycleqd.progress import progress
 from cycleqd.scorers import SCORERS
+from cycleqd.stats import objective_value, report_intervals, retention
 from cycleqd.store import RunStore
 
 __all__ = ["Evolver", "GenerationReport", "softmax"]
 
+#: The split children are scored on while evolving (a scorer without one of its own gets val).
+SEARCH = "search"
 #: Softmax temperatures tried by ``final.method: validation`` (``0`` means the best elite alone).
 VALIDATION_TEMPERATURES = (1.0, 0.3, 0.1, 0.03, 0.0)
 #: Sizes of the uniform "soups" of the best-average elites that ``validation`` also tries:
@@ -127,6 +131,7 @@ class Evolver:
         self.generation = 0
         self.evaluations = 0
         self.expert_scores: list[list[float]] = []
+        self._expert_val: dict[str, float] | None = None
         self.steady = e.steady
         self.dispatched = 0  # steady schedule: children made
         self.completed = 0  # steady schedule: children back (or failed)
@@ -203,8 +208,9 @@ class Evolver:
 
     def seed(self) -> None:
         """Evaluate the experts on every task; derive descriptor ranges; seed every archive."""
+        progress(f"seeding: scoring {len(self.tasks)} experts")
         experts = [Genome.expert(self.space, k) for k in range(len(self.tasks))]
-        result = self.evaluator.evaluate(experts, "val")
+        result = self.evaluator.evaluate(experts, SEARCH)
         if np.isnan(result.scores).any():
             bad = next(e for e in result.errors if e)
             raise ConfigError(f"an expert could not be scored ({bad}); fix the scorer or model")
@@ -254,7 +260,7 @@ class Evolver:
                 continue
             children.append(child)
             lineage.append(parents)
-        result = self.evaluator.evaluate(children, "val") if children else None
+        result = self.evaluator.evaluate(children, SEARCH) if children else None
         self.evaluations += len(children)
         outcomes = (
             zip(children, result.scores, result.errors, lineage, strict=True) if result else ()
@@ -306,7 +312,7 @@ class Evolver:
         tickets: dict[int, int] = {}  # evaluator ticket → child number
         back: dict[int, Outcome] = {}  # child number → its outcome, not yet offered
         for n, out in sorted(self.in_flight.items()):  # resumed: what was out goes out again
-            tickets[self.evaluator.submit(out["genome"], "val")] = n
+            tickets[self.evaluator.submit(out["genome"], SEARCH)] = n
         self._period_start = time.perf_counter()
         while self.completed < total:
             # every child offered is followed by a refill: the points where children are made do
@@ -319,7 +325,7 @@ class Evolver:
                 if child is None:
                     self._offer(n, None, reason)
                 else:
-                    tickets[self.evaluator.submit(child, "val")] = n
+                    tickets[self.evaluator.submit(child, SEARCH)] = n
             if self.completed >= total:
                 break
             oldest = min(self.in_flight)
@@ -426,12 +432,31 @@ class Evolver:
 
     # --- the final model and the report -------------------------------------------------------
 
-    def _average(self, genome: Genome, split: str) -> tuple[float, list[float]]:
-        result = self.evaluator.evaluate([genome], split)
-        scores = result.scores[0]
-        if np.isnan(scores).any():
-            return float("-inf"), scores.tolist()
-        return float(scores.mean()), scores.tolist()
+    def expert_val_scores(self) -> dict[str, float]:
+        """Each expert's val score on its own task (what ``retention`` divides by), once."""
+        if self._expert_val is None:
+            experts = [Genome.expert(self.space, k) for k in range(len(self.tasks))]
+            scores = self.evaluator.evaluate(experts, "val").scores
+            self.evaluations += len(experts)
+            self._expert_val = {t: float(scores[k, k]) for k, t in enumerate(self.tasks)}
+        return self._expert_val
+
+    def judge(self, genomes: list[Genome]) -> list[tuple[tuple[float, ...], list[float]]]:
+        """Each genome's val scores and its ``final.objective`` key (larger is better)."""
+        experts = self.expert_val_scores()
+        result = self.evaluator.evaluate(genomes, "val")
+        self.evaluations += len(genomes)
+        out = []
+        for row in result.scores:
+            scores = dict(zip(self.tasks, row.tolist(), strict=True))
+            out.append((objective_value(self.cfg.final.objective, scores, experts), row.tolist()))
+        return out
+
+    def best_on_val(self, candidates: dict[Any, Genome]) -> tuple[Any, tuple[float, ...]]:
+        """The key of the candidate that maximises ``final.objective`` on val (first on ties)."""
+        judged = self.judge(list(candidates.values()))
+        i = max(range(len(judged)), key=lambda j: (judged[j][0], -j))
+        return list(candidates)[i], judged[i][0]
 
     def _best_average(self, k: int) -> tuple[int, float]:
         """Archive ``k``'s elite with the best validation average over all tasks."""
@@ -513,13 +538,17 @@ class Evolver:
                     }
                 )
         if len(candidates) > 1:
-            for candidate in candidates:
-                candidate["val_average"], candidate["val_scores"] = self._average(
-                    candidate["genome"], "val"
-                )
-        chosen = max(candidates, key=lambda c: c.get("val_average", 0.0))
+            progress(
+                f"final model: {len(candidates)} candidates on val ({self.cfg.final.objective})"
+            )
+            judged = self.judge([c["genome"] for c in candidates])
+            for candidate, (key, scores) in zip(candidates, judged, strict=True):
+                candidate["val_objective"], candidate["val_scores"] = list(key), scores
+                candidate["val_average"] = float(np.mean(scores))
+        chosen = max(candidates, key=lambda c: c.get("val_objective", [0.0]))
         info = {
             "method": self.cfg.final.method,
+            "objective": self.cfg.final.objective,
             **{k: v for k, v in chosen.items() if k != "genome"},
             "candidates": [
                 {k: v for k, v in c.items() if k not in ("genome", "elites")} for c in candidates
@@ -541,33 +570,30 @@ class Evolver:
     def finish(self) -> dict[str, Any]:
         """Choose the final model and baselines on val; score everything on test; write files."""
         final, info = self.final_genome()
-        best_lambda, best_val = None, float("-inf")
-        for lam in self.cfg.final.lambdas:
-            avg, _ = self._average(
-                Genome.linear(self.space, torch.full((len(self.tasks),), lam)), "val"
-            )
-            if avg > best_val:
-                best_lambda, best_val = lam, avg
-        if best_lambda is None:  # every λ failed to score: report the first, its NaNs included
-            best_lambda = self.cfg.final.lambdas[0]
+        info["evaluations"] = self.evaluations  # what the CycleQD model cost, sweeps aside
+        K = len(self.tasks)
+        lambdas = {
+            lam: Genome.linear(self.space, torch.full((K,), float(lam)))
+            for lam in self.cfg.final.lambdas
+        }
+        best_lambda, _ = self.best_on_val(lambdas)
         info["task_arithmetic_lambda"] = best_lambda
         methods = {"base": Genome.base(self.space)}
         methods |= {f"expert_{t}": Genome.expert(self.space, k) for k, t in enumerate(self.tasks)}
-        methods["task_arithmetic_best"] = Genome.linear(
-            self.space, torch.full((len(self.tasks),), float(best_lambda))
-        )
+        methods["task_arithmetic_best"] = lambdas[best_lambda]
         if self.cfg.final.ties_densities:
             ties = {d: self._ties(d) for d in self.cfg.final.ties_densities}
-            scored = [(self._average(g, "val")[0], -i, d) for i, (d, g) in enumerate(ties.items())]
-            density = max(scored)[2]
+            density, _ = self.best_on_val(ties)
             info["ties_density"] = density
             methods["ties"] = ties[density]
         methods["cycleqd_final"] = final
+        progress(f"report: scoring {len(methods)} models on the test split")
         result = self.evaluator.evaluate(list(methods.values()), "test")
         rows = {
             name: dict(zip(self.tasks, row.tolist(), strict=True))
             for name, row in zip(methods, result.scores, strict=True)
         }
+        items = dict(zip(methods, result.items, strict=True))
         report = self.cfg.final.report
         if report:
             # scored in this process on the evaluator's materialiser: never during evolution
@@ -580,16 +606,10 @@ class Evolver:
             extra = reporter.evaluate(list(methods.values()), "test")
             for name, row in zip(methods, extra.scores, strict=True):
                 rows[name] |= {m.name: float(v) for m, v in zip(report, row, strict=True)}
-        summary = {
-            "split": "test",
-            "tasks": self.tasks,
-            "report": [m.name for m in report],
-            "methods": rows,
-        }
+        summary = test_summary(self.tasks, rows, items, [m.name for m in report])
         self.store.save_genome(final)
         final.save(self.store.root / "final.genome")
         info["final_genome"] = final.id
-        info["evaluations"] = self.evaluations
         self.store.write_json("final.json", info)
         self.store.write_json("summary.json", summary)
         from cycleqd.plots import write_plots
@@ -597,3 +617,33 @@ class Evolver:
         write_plots(self.store, self.archives)
         self.store.write_checkpoint(self._state(finished=True))
         return summary
+
+
+def test_summary(
+    tasks: list[str],
+    rows: dict[str, dict[str, float]],
+    items: dict[str, dict[str, tuple[float, ...]]],
+    report: list[str],
+    reference: str = "cycleqd_final",
+) -> dict[str, Any]:
+    """``summary.json``: every method's test scores, average and worst-task retention.
+
+    With 95% bootstrap intervals over requests and the paired differences
+    ``reference − method`` (:func:`cycleqd.stats.report_intervals`).
+    """
+    experts = {t: f"expert_{t}" for t in tasks}
+    own = {t: rows[experts[t]][t] for t in tasks if experts[t] in rows}
+    for row in rows.values():
+        scores = [row[t] for t in tasks]
+        row["average"] = float(np.mean(scores))
+        if len(own) == len(tasks):
+            row["retention"] = retention({t: row[t] for t in tasks}, own)
+    return {
+        "split": "test",
+        "tasks": tasks,
+        "report": report,
+        "methods": rows,
+        "intervals": report_intervals(
+            items, tasks, experts, reference if reference in rows else None
+        ),
+    }

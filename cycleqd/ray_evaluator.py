@@ -58,9 +58,11 @@ class _Worker:
 
         return ray.get_runtime_context().get_node_id(), os.getpid()
 
-    def evaluate(self, genome: bytes, split: str) -> tuple[list[float], str | None]:
+    def evaluate(
+        self, genome: bytes, split: str
+    ) -> tuple[list[float], str | None, dict[str, tuple[float, ...]]]:
         result = self.local.evaluate([Genome.from_bytes(genome)], split)
-        return result.scores[0].tolist(), result.errors[0]
+        return result.scores[0].tolist(), result.errors[0], result.items[0]
 
 
 @dataclass
@@ -257,7 +259,7 @@ class RayEvaluator:
                 job = slot.job
                 assert job is not None
                 try:
-                    scores, error = ray.get(ref)
+                    scores, error, items = ray.get(ref)
                 except RayActorError as exc:
                     self._worker_died(slot, f"worker died ({type(exc).__name__})")
                     continue
@@ -266,7 +268,8 @@ class RayEvaluator:
                     self._fail(job, f"{type(exc).__name__}: {exc}")
                     continue
                 slot.job = slot.call = None
-                self._done.append(Outcome(job.ticket, np.array(scores, dtype=np.float64), error))
+                scores = np.array(scores, dtype=np.float64)
+                self._done.append(Outcome(job.ticket, scores, error, items))
             now = time.monotonic()
             for slot in self.slots:
                 if slot.call is not None and self.timeout_s and now - slot.since > self.timeout_s:
@@ -288,13 +291,14 @@ class RayEvaluator:
         tickets = {self.submit(g, split): i for i, g in enumerate(genomes)}
         rows = np.full((len(genomes), len(self.tasks)), np.nan)
         errors: list[str | None] = [None] * len(genomes)
+        items: list[dict[str, tuple[float, ...]]] = [{} for _ in genomes]
         left = len(tickets)
         while left:
             for outcome in self.collect():
                 i = tickets[outcome.ticket]
-                rows[i], errors[i] = outcome.scores, outcome.error
+                rows[i], errors[i], items[i] = outcome.scores, outcome.error, outcome.items
                 left -= 1
-        return Evaluation(rows, errors)
+        return Evaluation(rows, errors, items)
 
     def drain_retries(self) -> list[str]:
         """The retry messages since the last call (the evolver logs them as events)."""

@@ -85,6 +85,42 @@ class Run:
         """Every archive as a DataFrame, by task."""
         return {t: self.archive(t) for t in self.tasks}
 
+    def results(self) -> Any:
+        """The test report as a pandas DataFrame, one row per method and column.
+
+        Columns: ``method``, ``column`` (each task, ``average``, ``retention``, report
+        metrics), ``score``, ``low`` / ``high`` (its 95% bootstrap interval over requests) and
+        ``difference``, ``difference_low`` / ``difference_high``: the final model minus this
+        method on the same requests, with its interval (NaN where not known).
+
+        Raises:
+            ConfigError: the run has not finished (no ``summary.json``).
+        """
+        import pandas as pd
+
+        if self.summary is None:
+            raise ConfigError(f"{self.root} has no report yet: the run has not finished")
+        intervals = self.summary.get("intervals", {})
+        nan = [float("nan")] * 3
+        rows = []
+        for method, scores in self.summary["methods"].items():
+            for column, value in scores.items():
+                low, high = intervals.get("methods", {}).get(method, {}).get(column, nan[:2])
+                diff = intervals.get("differences", {}).get(method, {}).get(column, nan)
+                rows.append(
+                    {
+                        "method": method,
+                        "column": column,
+                        "score": value,
+                        "low": low,
+                        "high": high,
+                        "difference": diff[0],
+                        "difference_low": diff[1],
+                        "difference_high": diff[2],
+                    }
+                )
+        return pd.DataFrame(rows)
+
     def heatmap(self, task: str, ax: Any = None) -> Any:
         """Archive ``task`` drawn as a heatmap (matplotlib axes)."""
         from cycleqd.plots import heatmap

@@ -18,19 +18,24 @@ so that choosing models on val rewards what test measures.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import itertools
 import random
-from collections.abc import Iterable, Sequence
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from cycleqd.errors import CycleQDError
 from cycleqd.sandbox import Limits, Sandbox
+from cycleqd.stats import Score
 
 __all__ = [
     "SKILLS",
     "Problem",
     "SkillAccuracy",
+    "capacity",
     "generate",
     "gold_outputs",
     "score",
@@ -58,64 +63,112 @@ class Problem:
     cases: tuple[dict[str, Any], ...] = field(default=())
 
 
-# --- code ------------------------------------------------------------------------------------
-
-_SELECTIONS = [  # (phrase, condition on an element `v`)
-    ("the elements", ""),
-    ("the even elements", "v % 2 == 0"),
-    ("the odd elements", "v % 2 == 1"),
-    ("the elements greater than {k}", "v > {k}"),
-    ("the elements less than {k}", "v < {k}"),
-    ("the elements divisible by {k}", "v % {k} == 0"),
-]
-_REDUCTIONS = [  # (phrase, template over the selected list `S`)
-    ("the sum of {sel}", "sum({S})"),
-    ("the largest of {sel}", "max({S}, default=0)"),
-    ("the smallest of {sel}", "min({S}, default=0)"),
-    ("the number of {sel}", "len({S})"),
-    ("{sel} sorted in increasing order", "sorted({S})"),
-    ("{sel} sorted in decreasing order", "sorted({S}, reverse=True)"),
-    ("{sel} each multiplied by {k}", "[v * {k} for v in {S}]"),
-    ("the first {k} of {sel}", "{S}[:{k}]"),
-    ("{sel} each squared", "[v * v for v in {S}]"),
-]
+# --- how splits are made ---------------------------------------------------------------------
 
 
-def _split_of(prompt: str) -> str:
-    """The split a request belongs to, by hash: a fifth each for val and test, the rest train.
+@dataclass(frozen=True)
+class _Template:
+    """A request with ``{slot}`` placeholders and its gold program over the same slots."""
 
-    Val is held out like test (not a sample of train's requests), so that choosing among
-    models on val rewards what test measures: requests never trained on.
+    request: str
+    gold: str
+
+    def slots(self) -> list[str]:
+        return sorted(set(re.findall(r"{(\w+)}", self.request)))
+
+
+def _split_of(prompt: str, values: dict[str, Any], unseen: dict[str, dict[str, set]]) -> str | None:
+    """The split a request belongs to (``None``: none).
+
+    A request with a value held out for val (or test) belongs there: those values never reach
+    train, so a model must copy them, not recall them; one with values held out for both is
+    left out. Any other request falls in a split by the hash of its text: a fifth each for val
+    and test, the rest train. So val and test requests are template × argument combinations
+    never trained on, and val is held out like test, so that choosing models on val rewards
+    what test measures.
     """
+    held = {
+        split
+        for name, splits in unseen.items()
+        for split, numbers in splits.items()
+        if values.get(name) in numbers
+    }
+    if held:
+        return held.pop() if len(held) == 1 else None
     bucket = int(hashlib.sha256(prompt.encode()).hexdigest()[:8], 16) % 5
     return {0: "test", 1: "val"}.get(bucket, "train")
 
 
-def _values(split: str, pool: Iterable[int], held_out: dict[str, set[int]]) -> list[int]:
-    """Values of a split: val and test use their own ``held_out`` sets, train the rest."""
-    if split in held_out:
-        return sorted(held_out[split])
-    return [v for v in pool if not any(v in held for held in held_out.values())]
+@functools.cache
+def _pools(skill: str) -> dict[str, tuple[tuple[tuple[str, str], ...], ...]]:
+    """Every distinct ``(request, gold)`` of ``skill``: split → one tuple per template.
+
+    A request's split depends on the request alone, so no request is in two splits, and a split
+    is made of distinct requests by construction.
+    """
+    templates, slots, unseen = _SPECS[skill]
+    pools: dict[str, list[list[tuple[str, str]]]] = {s: [] for s in SPLITS}
+    for template in templates:
+        names = template.slots()
+        for split in SPLITS:
+            pools[split].append([])
+        for combo in itertools.product(*(slots[name] for name in names)):
+            values = dict(zip(names, combo, strict=True))
+            prompt = template.request.format(**values)
+            split = _split_of(prompt, values, unseen)
+            if split is not None:
+                pools[split][-1].append((prompt, template.gold.format(**values)))
+    return {s: tuple(tuple(p) for p in per_template) for s, per_template in pools.items()}
 
 
-def _code_problems(rng: random.Random, split: str, n: int) -> list[Problem]:
-    out = []
-    while len(out) < n:
-        sel_phrase, condition = rng.choice(_SELECTIONS)
-        red_phrase, template = rng.choice(_REDUCTIONS)
-        if "{k}" not in sel_phrase + red_phrase:
-            continue  # a request without k would read the same in every split
-        k = rng.randint(2, 9)
-        phrase = red_phrase.format(sel=sel_phrase.format(k=k), k=k)
-        prompt = f"Given a list xs, return {phrase}."
-        if _split_of(prompt) != split:
-            continue  # val and test requests are (selection, reduction, k) never trained on
-        selected = f"[v for v in xs if {condition.format(k=k)}]" if condition else "xs"
-        cases = tuple(
-            {"xs": [rng.randint(0, 40) for _ in range(rng.randint(5, 12))]} for _ in range(4)
-        )
-        out.append(Problem("code", prompt, template.format(S=selected, k=k), cases))
-    return out
+def capacity(skill: str, split: str) -> int:
+    """How many distinct requests ``split`` of ``skill`` holds."""
+    _check(skill, split)
+    return sum(len(pool) for pool in _pools(skill)[split])
+
+
+def _check(skill: str, split: str) -> None:
+    if skill not in _SPECS:
+        raise CycleQDError(f"unknown skill {skill!r}; use one of {', '.join(SKILLS)}")
+    if split not in SPLITS:
+        raise CycleQDError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+
+
+# --- code ------------------------------------------------------------------------------------
+
+_SELECTIONS = [  # (phrase, the selected list as an expression)
+    ("the elements", "xs"),
+    ("the even elements", "[v for v in xs if v % 2 == 0]"),
+    ("the odd elements", "[v for v in xs if v % 2 == 1]"),
+    ("the elements greater than {k}", "[v for v in xs if v > {k}]"),
+    ("the elements less than {k}", "[v for v in xs if v < {k}]"),
+    ("the elements divisible by {d}", "[v for v in xs if v % {d} == 0]"),
+    ("the elements not divisible by {d}", "[v for v in xs if v % {d} != 0]"),
+]
+_REDUCTIONS = [  # (phrase, template over the selected list `S`)
+    ("the sum of {sel}", "sum(S)"),
+    ("the largest of {sel}", "max(S, default=0)"),
+    ("the smallest of {sel}", "min(S, default=0)"),
+    ("the number of {sel}", "len(S)"),
+    ("{sel} sorted in increasing order", "sorted(S)"),
+    ("{sel} sorted in decreasing order", "sorted(S, reverse=True)"),
+    ("{sel} each squared", "[v * v for v in S]"),
+    ("{sel} each multiplied by {m}", "[v * {m} for v in S]"),
+    ("{sel} each increased by {m}", "[v + {m} for v in S]"),
+    ("the first {m} of {sel}", "S[:{m}]"),
+    ("the last {m} of {sel}", "S[-{m}:]"),
+]
+_CODE = [
+    _Template(f"Given a list xs, return {red.replace('{sel}', sel)}.", gold.replace("S", selected))
+    for sel, selected in _SELECTIONS
+    for red, gold in _REDUCTIONS
+]
+_CODE_SLOTS = {"k": range(5, 96), "d": range(2, 10), "m": range(2, 10)}
+
+
+def _cases(rng: random.Random) -> tuple[dict[str, Any], ...]:
+    """The inputs a code answer is run on."""
+    return tuple({"xs": [rng.randint(0, 99) for _ in range(rng.randint(5, 12))]} for _ in range(4))
 
 
 # --- sql -------------------------------------------------------------------------------------
@@ -161,162 +214,221 @@ def sql_database(seed: int = 0) -> str:
     return "\n".join(lines)
 
 
+_JOIN = "FROM employees e JOIN departments d ON e.dept_id = d.id"
 _SQL = [
-    (
+    _Template(
         "How many employees work in the {d} department?",
-        "SELECT COUNT(*) FROM employees e JOIN departments d ON e.dept_id = d.id "
-        "WHERE d.name = '{d}'",
+        f"SELECT COUNT(*) {_JOIN} WHERE d.name = '{{d}}'",
     ),
-    (
+    _Template(
         "What is the average salary in the {d} department?",
-        "SELECT AVG(e.salary) FROM employees e JOIN departments d ON e.dept_id = d.id "
-        "WHERE d.name = '{d}'",
+        f"SELECT AVG(e.salary) {_JOIN} WHERE d.name = '{{d}}'",
     ),
-    (
+    _Template(
         "List the names of employees in {d} older than {a}, alphabetically.",
-        "SELECT e.name FROM employees e JOIN departments d ON e.dept_id = d.id "
-        "WHERE d.name = '{d}' AND e.age > {a} ORDER BY e.name",
+        f"SELECT e.name {_JOIN} WHERE d.name = '{{d}}' AND e.age > {{a}} ORDER BY e.name",
     ),
-    (
+    _Template(
         "What is the total project budget of the {d} department?",
         "SELECT SUM(p.budget) FROM projects p JOIN departments d ON p.dept_id = d.id "
         "WHERE d.name = '{d}'",
     ),
-    ("How many employees earn more than {s}?", "SELECT COUNT(*) FROM employees WHERE salary > {s}"),
-    (
+    _Template(
+        "How many employees earn more than {s}?",
+        "SELECT COUNT(*) FROM employees WHERE salary > {s}",
+    ),
+    _Template(
         "Which departments have more than {c} employees? Give their names alphabetically.",
         "SELECT d.name FROM departments d JOIN employees e ON e.dept_id = d.id GROUP BY d.id "
         "HAVING COUNT(*) > {c} ORDER BY d.name",
     ),
-    (
+    _Template(
         "How many departments have more than {c} employees?",
         "SELECT COUNT(*) FROM (SELECT d.id FROM departments d JOIN employees e "
         "ON e.dept_id = d.id GROUP BY d.id HAVING COUNT(*) > {c})",
     ),
-    (
+    _Template(
         "How many employees work on floor {f}?",
-        "SELECT COUNT(*) FROM employees e JOIN departments d ON e.dept_id = d.id "
-        "WHERE d.floor = {f}",
+        f"SELECT COUNT(*) {_JOIN} WHERE d.floor = {{f}}",
     ),
-    (
+    _Template(
         "What is the highest salary on floor {f}?",
-        "SELECT MAX(e.salary) FROM employees e JOIN departments d ON e.dept_id = d.id "
-        "WHERE d.floor = {f}",
+        f"SELECT MAX(e.salary) {_JOIN} WHERE d.floor = {{f}}",
+    ),
+    _Template(
+        "How many employees in the {d} department earn more than {s}?",
+        f"SELECT COUNT(*) {_JOIN} WHERE d.name = '{{d}}' AND e.salary > {{s}}",
+    ),
+    _Template(
+        "How many employees older than {a} earn less than {s}?",
+        "SELECT COUNT(*) FROM employees WHERE age > {a} AND salary < {s}",
+    ),
+    _Template(
+        "What is the average age of employees in {d} earning more than {s}?",
+        f"SELECT AVG(e.age) {_JOIN} WHERE d.name = '{{d}}' AND e.salary > {{s}}",
+    ),
+    _Template(
+        "List the titles of projects with a budget over {b}, alphabetically.",
+        "SELECT title FROM projects WHERE budget > {b} ORDER BY title",
+    ),
+    _Template(
+        "How many projects of the {d} department have a budget over {b}?",
+        "SELECT COUNT(*) FROM projects p JOIN departments d ON p.dept_id = d.id "
+        "WHERE d.name = '{d}' AND p.budget > {b}",
+    ),
+    _Template(
+        "What is the highest salary of employees younger than {a}?",
+        "SELECT MAX(salary) FROM employees WHERE age < {a}",
+    ),
+    _Template(
+        "How many employees on floor {f} are older than {a}?",
+        f"SELECT COUNT(*) {_JOIN} WHERE d.floor = {{f}} AND e.age > {{a}}",
+    ),
+    _Template(
+        "List the names of employees on floor {f} earning more than {s}, alphabetically.",
+        f"SELECT e.name {_JOIN} WHERE d.floor = {{f}} AND e.salary > {{s}} ORDER BY e.name",
     ),
 ]
-
-
-#: Numbers only val (or only test) requests use, never train: a model must copy, not recall them.
-_UNSEEN = {
-    "a": {"test": {23, 33, 47, 52, 61}, "val": {29, 38, 41, 56, 64}},
-    "s": {"test": {75000, 85000, 115000}, "val": {65000, 95000, 135000}},
+_SQL_SLOTS = {
+    "d": DEPARTMENTS,
+    "a": range(20, 65),
+    "s": range(40000, 150001, 1000),
+    "c": range(2, 13),
+    "f": range(1, 6),
+    "b": range(50000, 450001, 10000),
 }
-
-
-def _draw(
-    rng: random.Random,
-    split: str,
-    templates: Sequence[tuple[str, str]],
-    slots: dict[str, Sequence[Any]],
-) -> tuple[str, str]:
-    """A ``(request, gold)`` of ``split`` from ``templates`` and argument ``slots``.
-
-    A request with a number of :data:`_UNSEEN` belongs to the split the number is held out for;
-    any other to its hashed split (:func:`_split_of`). So val and test requests are values or
-    template × argument combinations that train never contains (and that each other do not).
-    """
-    while True:
-        request, gold = rng.choice(templates)  # templates weigh the same in every split
-        unseen = any("{" + name + "}" in request for name in _UNSEEN)
-        for _ in range(64):
-            values = {name: rng.choice(options) for name, options in slots.items()}
-            for name, held in _UNSEEN.items():
-                if name in values:
-                    values[name] = rng.choice(_values(split, slots[name], held))
-            prompt = request.format(**values)
-            if unseen or _split_of(prompt) == split:
-                return prompt, gold.format(**values)
-
-
-def _sql_problems(rng: random.Random, split: str, n: int) -> list[Problem]:
-    slots = {
-        "d": DEPARTMENTS,
-        "a": range(20, 65),
-        "s": range(40000, 150001, 5000),
-        "c": range(2, 13),
-        "f": range(1, 6),
-    }
-    return [Problem("sql", *_draw(rng, split, _SQL, slots)) for _ in range(n)]
+#: Numbers only val (or only test) requests use, never train: a model must copy, not recall them.
+_SQL_UNSEEN = {
+    "a": {"test": {23, 33, 47, 52, 61}, "val": {29, 38, 41, 56, 64}},
+    "s": {
+        "test": {52000, 75000, 85000, 98000, 115000, 127000},
+        "val": {48000, 65000, 91000, 103000, 135000, 142000},
+    },
+}
 
 
 # --- shell -----------------------------------------------------------------------------------
 
-
-PROJECTS = ["alpha", "beta", "gamma", "delta", "omega", "sigma", "kappa", "theta"]
+PROJECTS = [
+    "alpha",
+    "beta",
+    "gamma",
+    "delta",
+    "omega",
+    "sigma",
+    "kappa",
+    "theta",
+    "lambda",
+    "zeta",
+    "iota",
+    "rho",
+    "tau",
+    "phi",
+    "chi",
+    "psi",
+    "eta",
+    "nu",
+    "mu",
+    "xi",
+]
 LEVELS = ["INFO", "WARN", "ERROR", "DEBUG"]
+MODULES = 6
 
 
 def shell_fixture() -> dict[str, str]:
     """The fixture tree shell commands run on (path → text)."""
     files = {}
-    for project in PROJECTS:
-        for i in range(4):
+    for n, project in enumerate(PROJECTS):
+        for i in range(MODULES):
             body = "\n".join(
-                f"{'TODO ' if (i + j) % 3 == 0 else ''}line {j} of {project}{i}"
-                for j in range(4 + i)
+                f"{'TODO ' if (i + j + n) % 3 == 0 else ''}line {j} of {project}{i}"
+                for j in range(3 + (i + n) % 7)
             )
             files[f"{project}/src/mod{i}.py"] = body + "\n"
-        files[f"{project}/README.md"] = f"# {project}\nnotes for {project}\n"
-        files[f"{project}/data.csv"] = "\n".join(f"{project},{v}" for v in range(5)) + "\n"
-    files["logs/app.log"] = (
-        "\n".join(f"{lvl} event {i}" for i, lvl in enumerate([*LEVELS, "INFO", "WARN"] * 3)) + "\n"
-    )
+        readme = f"# {project}\nnotes for {project}\n" + "see src\n" * (n % 3)
+        files[f"{project}/README.md"] = readme
+        rows = [f"{project},{(v * 7 + n) % 12}" for v in range(9)]
+        files[f"{project}/data.csv"] = "\n".join(rows) + "\n"
+        files[f"logs/{project}.log"] = (
+            "\n".join(f"{LEVELS[(n + i * i) % 4]} event {i}" for i in range(6 + n % 6)) + "\n"
+        )
     return files
 
 
 _SHELL = [
-    ("List the files in the {p}/src directory.", "ls {p}/src"),
-    ("Count the lines of {p}/src/mod{i}.py.", "wc -l < {p}/src/mod{i}.py"),
-    ("Show the lines containing TODO in {p}/src/mod{i}.py.", "grep TODO {p}/src/mod{i}.py"),
-    ("Count the lines containing {w} in logs/app.log.", "grep -c {w} logs/app.log"),
-    ("Print the first {n} lines of {p}/data.csv.", "head -n {n} {p}/data.csv"),
-    ("Show the rows of {p}/data.csv that contain {v}.", "grep {v} {p}/data.csv"),
-    ("Find the README.md of {p}.", "find {p} -name README.md"),
-    ("List the python files under {p}, sorted.", "find {p} -name '*.py' | sort"),
-    ("Count the python files under {p}.", "find {p} -name '*.py' | wc -l"),
-    (
-        "Show the last {n} lines of logs/app.log in reverse alphabetical order.",
-        "tail -n {n} logs/app.log | sort -r",
+    _Template("List the files in the {p}/src directory.", "ls {p}/src"),
+    _Template("Count the lines of {p}/src/mod{i}.py.", "wc -l < {p}/src/mod{i}.py"),
+    _Template(
+        "Show the lines containing TODO in {p}/src/mod{i}.py.", "grep TODO {p}/src/mod{i}.py"
+    ),
+    _Template(
+        "Count the lines of {p}/src/mod{i}.py without TODO.", "grep -vc TODO {p}/src/mod{i}.py"
+    ),
+    _Template("Count the lines containing {w} in logs/{p}.log.", "grep -c {w} logs/{p}.log"),
+    _Template("Show the lines containing {w} in logs/{p}.log.", "grep {w} logs/{p}.log"),
+    _Template("Print the first {n} lines of {p}/data.csv.", "head -n {n} {p}/data.csv"),
+    _Template("Print line {n} of {p}/data.csv.", "sed -n {n}p {p}/data.csv"),
+    _Template("Show the rows of {p}/data.csv that contain {v}.", "grep {v} {p}/data.csv"),
+    _Template("Print the first {n} lines of {p}/src/mod{i}.py.", "head -n {n} {p}/src/mod{i}.py"),
+    _Template("Print the last {n} lines of {p}/src/mod{i}.py.", "tail -n {n} {p}/src/mod{i}.py"),
+    _Template("Find the README.md of {p}.", "find {p} -name README.md"),
+    _Template("Count the words in {p}/README.md.", "wc -w < {p}/README.md"),
+    _Template("List the python files under {p}, sorted.", "find {p} -name '*.py' | sort"),
+    _Template("Count the python files under {p}.", "find {p} -name '*.py' | wc -l"),
+    _Template(
+        "Show the last {n} lines of logs/{p}.log in reverse alphabetical order.",
+        "tail -n {n} logs/{p}.log | sort -r",
     ),
 ]
+_SHELL_SLOTS = {
+    "p": PROJECTS,
+    "i": range(MODULES),
+    "w": LEVELS,
+    "n": range(1, 10),
+    "v": range(12),
+}
 
 
-def _shell_problems(rng: random.Random, split: str, n: int) -> list[Problem]:
-    slots = {
-        "p": PROJECTS,
-        "i": range(4),
-        "w": LEVELS,
-        "n": range(1, 10),
-        "v": range(5),
-    }
-    return [Problem("shell", *_draw(rng, split, _SHELL, slots)) for _ in range(n)]
-
-
-_GENERATORS = {"code": _code_problems, "sql": _sql_problems, "shell": _shell_problems}
+#: skill → (templates, argument slots, values held out for val and test)
+_SPECS: dict[str, tuple[list[_Template], dict[str, Sequence[Any]], dict[str, dict[str, set]]]] = {
+    "code": (_CODE, _CODE_SLOTS, {}),
+    "sql": (_SQL, _SQL_SLOTS, _SQL_UNSEEN),
+    "shell": (_SHELL, _SHELL_SLOTS, {}),
+}
 
 
 def generate(skill: str, split: str, n: int, *, seed: int = 0) -> list[Problem]:
     """``n`` problems of ``skill`` on ``split``, deterministic from ``seed``.
 
+    Each problem picks a template at random (templates weigh the same in every split), then one
+    of that template's requests not drawn yet: val and test problems are distinct requests, and
+    a template whose requests are used up is left out. Train repeats its requests once they are
+    all drawn (training examples, not measurements).
+
     Raises:
-        CycleQDError: an unknown skill or split.
+        CycleQDError: an unknown skill or split, or more val/test problems than distinct
+            requests (:func:`capacity`).
     """
-    if skill not in _GENERATORS:
-        raise CycleQDError(f"unknown skill {skill!r}; use one of {', '.join(SKILLS)}")
-    if split not in SPLITS:
-        raise CycleQDError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+    _check(skill, split)
+    pools = _pools(skill)[split]
+    available = sum(len(pool) for pool in pools)
+    if split != "train" and n > available:
+        raise CycleQDError(
+            f"{skill} {split} holds {available} distinct requests; ask for at most that many "
+            f"(problems / test_problems)"
+        )
     rng = random.Random(f"{skill}:{split}:{seed}")
-    return _GENERATORS[skill](rng, split, n)
+    queues: list[list[tuple[str, str]]] = [[] for _ in pools]
+    out: list[Problem] = []
+    while len(out) < n:
+        live = [i for i, q in enumerate(queues) if q]
+        if not live:  # every request drawn (train only): start another round
+            queues = [rng.sample(pool, len(pool)) for pool in pools]
+            continue
+        prompt, gold = queues[rng.choice(live)].pop()
+        cases = _cases(rng) if skill == "code" else ()
+        out.append(Problem(skill, prompt, gold, cases))
+    return out
 
 
 #: Every gold program finishes in milliseconds: an answer that runs for seconds is wrong anyway.
@@ -415,32 +527,48 @@ class SkillAccuracy:
 
     Prompts of the split are decoded greedily all at once (:func:`cycleqd.decode.greedy_decode`)
     and every answer runs in the sandbox against its gold program. The tokenizer is the one the
-    model source attaches as ``model.tokenizer``.
+    model source attaches as ``model.tokenizer``. Returns a :class:`cycleqd.stats.Score` (each
+    request's verdict kept, for intervals).
 
     Args:
         skill: ``code``, ``sql`` or ``shell``.
-        problems: val problems (the evolution scores every candidate on these).
-        test_problems: test problems (scored only for the final report; more of them cost
-            little and make the report more precise); default: ``problems``.
+        problems: val problems (the final choice and the baselines' sweeps score these).
+        test_problems: test problems (scored only for the report); default: ``problems``.
+        search_problems: the first this many val problems form the ``search`` split that
+            evolution scores every child on (a fixed subset: cheaper children); default: all
+            of val.
         seed: generates the problems.
         max_new_tokens: longest answer; default: the longest gold answer of the split (in the
             model's tokens) plus 4, so that a rambling child stops as soon as it must be wrong.
+
+    Raises:
+        CycleQDError: more val or test problems than the skill's split holds distinct requests,
+            or a search subset larger than val.
     """
 
     def __init__(
         self,
         *,
         skill: str,
-        problems: int = 100,
+        problems: int = 300,
         test_problems: int | None = None,
+        search_problems: int | None = None,
         seed: int = 0,
         max_new_tokens: int | None = None,
     ) -> None:
         self.skill, self.seed, self.max_new_tokens = skill, seed, max_new_tokens
+        if search_problems is not None and not 0 < search_problems <= problems:
+            raise CycleQDError(
+                f"skill_accuracy: search_problems={search_problems} must be between 1 and "
+                f"problems={problems} (the search split is a subset of val)"
+            )
+        val = generate(skill, "val", problems, seed=seed)
         self.problems = {
-            "val": generate(skill, "val", problems, seed=seed),
+            "val": val,
+            "search": val[: search_problems or problems],
             "test": generate(skill, "test", test_problems or problems, seed=seed),
         }
+        self.search_split = search_problems is not None
         self._gold: dict[str, list[Any]] = {}
         self._answers: dict[str, tuple[Any, list[str]]] = {}
         self._limits: dict[str, int] = {}
@@ -484,8 +612,8 @@ class SkillAccuracy:
             peer._answers[split] = (version, mine)
         return self._answers[split][1]
 
-    def __call__(self, model: Any, split: str) -> float:
-        """Accuracy on ``split``."""
+    def __call__(self, model: Any, split: str) -> Score:
+        """Accuracy on ``split`` (``val``, ``search`` or ``test``), with each verdict."""
         tokenizer = getattr(model, "tokenizer", None)
         if tokenizer is None:
             raise CycleQDError(
@@ -499,4 +627,4 @@ class SkillAccuracy:
         if split not in self._gold:
             self._gold[split] = gold_outputs(sandbox, problems)
         verdicts = score(sandbox, problems, [a.strip() for a in answers], self._gold[split])
-        return sum(verdicts) / len(verdicts)
+        return Score(verdicts)

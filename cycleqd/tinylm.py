@@ -12,25 +12,48 @@ trainer framework, deterministic from a seed, cached by the recipe's hash.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import gzip
 import hashlib
 import json
 import random
 import shutil
 import tempfile
+import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from cycleqd.progress import progress
 from cycleqd.skills import SKILLS, generate
 
-__all__ = ["TinyLMRecipe", "build", "format_example", "generic_text", "prompt_of"]
+__all__ = [
+    "TinyLMRecipe",
+    "build",
+    "build_info",
+    "format_example",
+    "generic_text",
+    "prompt_of",
+    "weights_hash",
+]
 
 
 #: Bump when the training procedure changes in a way the recipe and the data do not show.
-BUILD_VERSION = 1
+BUILD_VERSION = 2
+#: Torch threads while building: CPU kernels split their sums by thread, so the count is part of
+#: the recipe; a build gives the same weights whatever threads the calling process uses.
+BUILD_THREADS = 2
+#: What an expert's fine-tuning may change (``expert_train``): parameter-name filters.
+EXPERT_TRAIN: dict[str, tuple[str, ...]] = {
+    "all": ("",),
+    "blocks": (".layers.",),
+    "mlp": (".mlp.",),
+    "attention": (".self_attn.",),
+}
 
 
 @dataclass(frozen=True)
@@ -52,6 +75,8 @@ class TinyLMRecipe:
     base_copy_share: float = 0.3
     expert_steps: int = 400
     expert_lr: float = 1e-3
+    expert_anchor_share: float = 0.0
+    expert_train: str = "all"
     batch_size: int = 32
     train_problems: int = 4000
     seed: int = 0
@@ -59,8 +84,15 @@ class TinyLMRecipe:
     def __post_init__(self) -> None:
         from cycleqd.errors import CycleQDError
 
+        if self.expert_train not in EXPERT_TRAIN:
+            raise CycleQDError(
+                f"tinylm recipe: expert_train={self.expert_train!r}; use one of "
+                f"{', '.join(EXPERT_TRAIN)}"
+            )
         for name, spec in self.__dataclass_fields__.items():
             value = getattr(self, name)
+            if spec.type == "str":
+                continue
             wanted = float if spec.type == "float" else int
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise CycleQDError(f"tinylm recipe: {name} must be a number, not {value!r}")
@@ -119,19 +151,28 @@ def format_example(prompt: str, answer: str) -> tuple[str, str]:
 
 
 def generic_text(split: str) -> list[str]:
-    """Paragraphs of the Python documentation topics; ``test`` topics are held out."""
-    import pydoc_data.topics as topics
+    """Paragraphs of the Python documentation topics; ``test`` topics are held out.
 
-    names = sorted(topics.topics)
+    The topics ship with cycleqd (``data/python_docs_topics.json.gz``, CPython 3.11's
+    ``pydoc_data``), not read from the running Python, whose patch version would change them.
+    """
+    topics = _docs_topics()
+    names = sorted(topics)
     held_out = set(names[::8])
     chosen = [n for n in names if (n in held_out) == (split == "test")]
     paragraphs = []
     for name in chosen:
-        for para in topics.topics[name].split("\n\n"):
+        for para in topics[name].split("\n\n"):
             para = " ".join(para.split())
             if len(para) > 40:
                 paragraphs.append(para[:400])
     return paragraphs
+
+
+@functools.cache
+def _docs_topics() -> dict[str, str]:
+    path = Path(__file__).parent / "data" / "python_docs_topics.json.gz"
+    return json.loads(gzip.decompress(path.read_bytes()))
 
 
 def copy_examples(n: int, words: list[str], seed: int) -> list[tuple[str, str]]:
@@ -182,12 +223,18 @@ def _train(
     pad: int,
     seed: int,
     label: str,
+    train: tuple[str, ...] = ("",),
 ) -> None:
     from rich.progress import Progress
 
     rng = random.Random(seed)
     torch.manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    params = [p for name, p in model.named_parameters() if any(f in name for f in train)]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     model.train()
     batches = _batches(examples, recipe, pad, rng)
@@ -198,7 +245,7 @@ def _train(
             loss = model(input_ids=ids, attention_mask=(ids != pad).long(), labels=labels).loss
             opt.zero_grad()
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             schedule.step()
             progress.update(task, advance=1, description=f"training {label} loss {loss:.3f}")
@@ -252,13 +299,58 @@ def build(cache_dir: Path, recipe: TinyLMRecipe | None = None) -> tuple[Path, di
 
 
 def _build(root: Path, recipe: TinyLMRecipe) -> None:
+    start = time.perf_counter()
+    with build_threads():
+        train_base(root / "base", recipe)
+        anchors = base_anchors(root / "base", recipe) if recipe.expert_anchor_share else None
+        for i, skill in enumerate(SKILLS):
+            train_expert(root / f"expert-{skill}", root / "base", recipe, skill, i, anchors)
+    seconds = round(time.perf_counter() - start, 1)
+    digest = weights_hash(root)
+    progress(f"models built in {seconds:.0f} s: weights sha256 {digest}")
+    info = {"recipe": asdict(recipe), "weights_sha256": digest, "build_s": seconds}
+    (root / "done").write_text(json.dumps(info))
+
+
+def build_info(base: Path) -> dict[str, Any]:
+    """What the build of the models beside ``base`` recorded: recipe, weights hash, seconds."""
+    return json.loads((Path(base).parent / "done").read_text())
+
+
+@contextlib.contextmanager
+def build_threads() -> Iterator[None]:
+    """Train with :data:`BUILD_THREADS` threads and deterministic kernels, then restore both."""
+    threads = torch.get_num_threads()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(BUILD_THREADS)
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
+
+
+def _mixture(recipe: TinyLMRecipe) -> tuple[list[str], list[tuple[str, str]]]:
+    """The base's generic text and skill-free copying drills."""
+    generic = generic_text("train")
+    n_copy = int(recipe.base_copy_share * len(generic) / (1 - recipe.base_copy_share))
+    words = sorted({w for text in generic for w in text.split() if w.isalpha() and len(w) > 2})
+    return generic, copy_examples(n_copy, words, recipe.seed)
+
+
+def train_base(out: Path, recipe: TinyLMRecipe) -> None:
+    """Train the tokenizer and the base; save both to ``out``.
+
+    The base reads generic text (loss on everything), a share of every skill's examples and the
+    copying drills.
+    """
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from cycleqd.decode import train_tokenizer
 
-    paths = {s: root / f"expert-{s}" for s in SKILLS}
     skill_text = {s: _skill_examples(s, recipe.train_problems, recipe.seed) for s in SKILLS}
-    generic = generic_text("train")
+    generic, drills = _mixture(recipe)
     corpus = generic + [p + a for pairs in skill_text.values() for p, a in pairs[:1000]]
     tokenizer = train_tokenizer(corpus, vocab_size=recipe.vocab_size)
     pad = tokenizer.pad_token_id
@@ -278,35 +370,105 @@ def _build(root: Path, recipe: TinyLMRecipe) -> None:
         architectures=["LlamaForCausalLM"],
     )
     model = LlamaForCausalLM(config)
-    # base: generic text (loss on everything) mixed with a share of every skill
     n_skill = int(recipe.base_skill_share * len(generic) / (1 - recipe.base_skill_share))
     mixture = [(_encode(tokenizer, "", text, recipe.max_len)[0], 0) for text in generic]
     for s in SKILLS:
         for p, a in skill_text[s][: n_skill // len(SKILLS)]:
             mixture.append(_encode(tokenizer, p, a, recipe.max_len))
-    n_copy = int(recipe.base_copy_share * len(generic) / (1 - recipe.base_copy_share))
-    words = sorted({w for text in generic for w in text.split() if w.isalpha() and len(w) > 2})
-    for p, a in copy_examples(n_copy, words, recipe.seed):
-        mixture.append(_encode(tokenizer, p, a, recipe.max_len))
+    mixture += [_encode(tokenizer, p, a, recipe.max_len) for p, a in drills]
+    progress(f"building the base ({recipe.base_steps} steps)")
     _train(model, mixture, recipe.base_steps, recipe.base_lr, recipe, pad, recipe.seed, "base")
-    model.save_pretrained(root / "base")
-    tokenizer.save_pretrained(root / "base")
-    for i, s in enumerate(SKILLS):
-        expert = LlamaForCausalLM.from_pretrained(root / "base")
-        examples = [_encode(tokenizer, p, a, recipe.max_len) for p, a in skill_text[s]]
-        _train(
-            expert,
-            examples,
-            recipe.expert_steps,
-            recipe.expert_lr,
-            recipe,
-            pad,
-            recipe.seed + 1 + i,
-            f"expert {s}",
-        )
-        expert.save_pretrained(paths[s])
-        tokenizer.save_pretrained(paths[s])
-    (root / "done").write_text(json.dumps(asdict(recipe)))
+    _save(model, tokenizer, out)
+
+
+def train_expert(
+    out: Path, base: Path, recipe: TinyLMRecipe, skill: str, index: int, anchors: Any = None
+) -> None:
+    """Fine-tune the base at ``base`` on ``skill`` (the loss on the answer); save to ``out``.
+
+    ``expert_anchor_share`` of the examples are anchors: other skills' training requests with
+    the base's own greedy answers (:func:`base_anchors`; pass them in to compute them once for
+    every expert). They hold the expert to the base's behaviour outside its skill, as a large
+    model's fine-tune leaves unrelated inputs alone, so that task vectors add up instead of
+    overwriting each other. ``expert_train`` says which weights change.
+    """
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    expert = LlamaForCausalLM.from_pretrained(base)
+    pairs = _skill_examples(skill, recipe.train_problems, recipe.seed)
+    examples = [_encode(tokenizer, p, a, recipe.max_len) for p, a in pairs]
+    share = recipe.expert_anchor_share
+    if share:
+        anchors = anchors if anchors is not None else base_anchors(base, recipe)
+        others = [pair for s in SKILLS if s != skill for pair in anchors[s]]
+        rng = random.Random(f"anchors:{skill}:{recipe.seed}")
+        n = min(len(others), int(share * len(examples) / (1 - share)))
+        examples += [_encode(tokenizer, p, a, recipe.max_len) for p, a in rng.sample(others, n)]
+    progress(f"building expert {skill} ({recipe.expert_steps} steps)")
+    _train(
+        expert,
+        examples,
+        recipe.expert_steps,
+        recipe.expert_lr,
+        recipe,
+        tokenizer.pad_token_id,
+        recipe.seed + 1 + index,
+        f"expert {skill}",
+        EXPERT_TRAIN[recipe.expert_train],
+    )
+    _save(expert, tokenizer, out)
+
+
+def base_anchors(base: Path, recipe: TinyLMRecipe) -> dict[str, list[tuple[str, str]]]:
+    """Each skill's anchor examples: its training requests with the base's greedy answers.
+
+    As many per skill as an expert's anchors could need (``expert_anchor_share``), from the end
+    of the skill's training requests: the base trained on the first few, and an anchor must be
+    what the base does, not an answer it was taught.
+    """
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    from cycleqd.decode import greedy_decode
+
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    model = LlamaForCausalLM.from_pretrained(base).eval()
+    share = recipe.expert_anchor_share
+    n = int(share * recipe.train_problems / (1 - share)) // (len(SKILLS) - 1) + 1
+    out = {}
+    for skill in SKILLS:
+        requests = [p for p, _ in _skill_examples(skill, recipe.train_problems, recipe.seed)[-n:]]
+        answers = greedy_decode(model, tokenizer, requests, max_new_tokens=48, stop="\n")
+        out[skill] = [format_example_answer(p, a) for p, a in zip(requests, answers, strict=True)]
+    return out
+
+
+def format_example_answer(prompt_text: str, answer: str) -> tuple[str, str]:
+    """A training example from a prompt text (``prompt_of``'s) and an answer to it."""
+    return prompt_text, f" {answer.strip()}\n"
+
+
+def _save(model: Any, tokenizer: Any, out: Path) -> None:
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def weights_hash(root: Path) -> str:
+    """SHA-256 over every tensor (name, dtype, shape, bytes) of the models under ``root``.
+
+    Independent of file layout and metadata: two builds with equal hashes hold equal weights.
+    """
+    from safetensors.torch import load_file
+
+    digest = hashlib.sha256()
+    for path in sorted(Path(root).glob("*/model.safetensors")):
+        digest.update(path.parent.name.encode())
+        tensors = load_file(path)
+        for name in sorted(tensors):
+            tensor = tensors[name].contiguous()
+            digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+            digest.update(tensor.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def build_multitask(cache_dir: Path, recipe: TinyLMRecipe | None = None, seed: int = 0) -> Path:
@@ -336,7 +498,8 @@ def build_multitask(cache_dir: Path, recipe: TinyLMRecipe | None = None, seed: i
     model = LlamaForCausalLM.from_pretrained(base)
     steps = len(SKILLS) * recipe.expert_steps
     pad = tokenizer.pad_token_id
-    _train(model, examples, steps, recipe.expert_lr, recipe, pad, 1000 + seed, "multi-task")
+    with build_threads():
+        _train(model, examples, steps, recipe.expert_lr, recipe, pad, 1000 + seed, "multi-task")
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()

@@ -160,6 +160,7 @@ def tiny_quickstart_yaml(path, cache, *, problems=4, final=None, evaluation=None
     data["models"]["params"] = asdict(TinyLMRecipe.micro())
     for task in data["tasks"]:
         task["params"] |= {"problems": problems, "test_problems": problems, "max_new_tokens": 8}
+        task["params"]["search_problems"] = max(1, problems // 2)
     data["evolution"] |= evolution
     data["final"] = final or {"lambdas": [0.5, 1.0]}
     if evaluation:

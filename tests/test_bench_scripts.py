@@ -20,7 +20,19 @@ from conftest import REPO
         ("gpu.py", ["hbm_fraction", "vs_torch_ref", "vs_mergekit", "svd_mutation_s"]),
         ("decode.py", ["decode_speedup"]),
         ("sandbox.py", ["python_s_per_100", "shell_s_per_100"]),
-        ("experts.py", ["own_skill_min", "above_base_min", "mean_merge_loss"]),
+        (
+            "stage.py",
+            [
+                "distinct_val_min",
+                "distinct_test_min",
+                "overlap",
+                "own_skill_min",
+                "above_base_min",
+                "mean_merge_retention_min",
+                "build_s",
+                "weights_hash",
+            ],
+        ),
         ("evaluators.py", ["speedup_2v1", "bytes_per_candidate"]),
     ],
 )
@@ -34,5 +46,8 @@ def test_benchmark_runs_small(script, keys):
     )
     assert out.returncode == 0, out.stderr[-2000:]
     last = out.stdout.strip().splitlines()[-1]
-    pattern = "RESULT " + " ".join(rf"{k}=-?[0-9.]+(e-?[0-9]+)?" for k in keys)
+    number = r"-?[0-9.]+(e-?[0-9]+)?"
+    pattern = "RESULT " + " ".join(
+        rf"{k}=[0-9a-f]{{16}}" if k.endswith("hash") else rf"{k}={number}" for k in keys
+    )
     assert re.fullmatch(pattern, last), last

@@ -37,17 +37,36 @@ def test_every_method_is_reported_over_seeds_with_the_same_budget(digits_compare
         "cma_es",
         *ABLATIONS,
     ]  # digits trains no language model: no multi-task fine-tune
-    for name, data in methods.items():
-        seed_free = name in ("base", "task_arithmetic", "ties") or name.startswith("expert_")
-        assert data["seeds"] == ([0] if seed_free else [0, 1])
+    assert summary["experts_vary_with_seed"]  # digits builds its experts: each seed its own
+    for data in methods.values():
+        assert data["seeds"] == [0, 1]
         for column in [*cfg.task_names, "average"]:
             values = data["scores"][column]["values"]
             assert all(0 <= v <= 1 for v in values)
             assert data["scores"][column]["mean"] == pytest.approx(np.mean(values))
             if len(values) > 1:
                 assert data["scores"][column]["sd"] == pytest.approx(np.std(values, ddof=1))
+            # what one seed's figure resolves: its interval over the test requests
+            for (low, high), value in zip(data["scores"][column]["intervals"], values, strict=True):
+                assert low - 1e-9 <= value <= high + 1e-9
+    # the experts differ between seeds: seed 1 built its own
+    assert methods["expert_rotated"]["scores"]["rotated"]["values"][0] != pytest.approx(
+        methods["expert_rotated"]["scores"]["rotated"]["values"][1]
+    )
+    # CycleQD minus each method, paired on the same requests and seed
+    diffs = summary["differences"]
+    assert summary["reference"] == "cycleqd" and "cycleqd" not in diffs
+    for name, d in diffs.items():
+        average = d["columns"]["average"]
+        want = np.subtract(
+            methods["cycleqd"]["scores"]["average"]["values"],
+            methods[name]["scores"]["average"]["values"],
+        )
+        assert average["values"] == pytest.approx(want.tolist())
+        low, high = average["interval"]
+        assert low <= high
     budget = evaluation_budget(cfg)
-    assert budget == 3 + 3 * 3 + 14
+    assert budget == 3 + 3 * 3 + 3 + 14  # seeds, children, experts on val, final candidates
     assert methods["cma_es"]["val_evaluations"] == [budget, budget]
     for name in ABLATIONS:
         assert all(3 + 9 <= n <= budget for n in methods[name]["val_evaluations"])

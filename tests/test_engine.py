@@ -118,18 +118,38 @@ def test_final_merge_is_softmax_of_best_elites(tmp_path, digits_cache):
         torch.testing.assert_close(got[name], want, atol=1e-5, rtol=1e-5)
 
 
-def test_validation_final_is_the_best_candidate_on_val_soups_included(tmp_path, digits_cache):
+@pytest.mark.parametrize("objective", ["mean", "retention"])
+def test_validation_final_is_the_best_candidate_on_val_soups_included(
+    tmp_path, digits_cache, objective
+):
     cfg = load_config(
-        digits_yaml(tmp_path / "v.yaml", digits_cache, generations=6), ["final.method=validation"]
+        digits_yaml(tmp_path / "v.yaml", digits_cache, generations=6),
+        ["final.method=validation", f"final.objective={objective}"],
     )
     store = RunStore.create(tmp_path / "validation", cfg)
     evolver = Evolver(cfg, store)
     evolver.run()
     info = store.read_json("final.json")
+    assert info["objective"] == objective
     pools = {c["pool"] for c in info["candidates"]}
     assert {"best_quality", "best_average", "soup_2", "soup_3"} <= pools
-    best = max(c["val_average"] for c in info["candidates"])
-    assert info["val_average"] == best
+    best = max(c["val_objective"] for c in info["candidates"])
+    assert info["val_objective"] == best
+    experts = evolver.expert_val_scores()
+    for c in info["candidates"]:
+        scores = dict(zip(cfg.task_names, c["val_scores"], strict=True))
+        average = float(np.mean(c["val_scores"]))
+        kept = min(scores[t] / experts[t] for t in cfg.task_names)
+        want = [average] if objective == "mean" else [round(kept, 6), average]
+        assert c["val_objective"] == pytest.approx(want)
+    # the baselines' sweeps maximise the same objective
+    summary = store.read_json("summary.json")
+    assert summary["methods"]["cycleqd_final"]["retention"] == pytest.approx(
+        min(
+            summary["methods"]["cycleqd_final"][t] / summary["methods"][f"expert_{t}"][t]
+            for t in cfg.task_names
+        )
+    )
     # a soup is the uniform average of the elites with the best validation averages
     ranked = evolver._ranked_by_average()
     soup = [c for c in info["candidates"] if c["pool"] == "soup_3"][0]
@@ -137,7 +157,7 @@ def test_validation_final_is_the_best_candidate_on_val_soups_included(tmp_path, 
     averages = [a for _, a in ranked]
     assert averages == sorted(averages, reverse=True) and len(set(dict(ranked))) == len(ranked)
     top3 = Genome.weighted_sum([evolver.genome(e) for e, _ in ranked[:3]], torch.full((3,), 1 / 3))
-    assert evolver._average(top3, "val")[0] == pytest.approx(soup["val_average"])
+    assert np.mean(evolver.judge([top3])[0][1]) == pytest.approx(soup["val_average"])
 
 
 STEADY = ["evaluation.schedule=steady", "evaluation.in_flight=3", "evaluation.ordered=true"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from dataclasses import asdict
 
 import pytest
@@ -115,10 +117,26 @@ def test_a_short_evolution_on_the_tiny_language_models(micro, tmp_path):
         "cycleqd_final",
     }
     assert summary["report"] == ["language"]
-    for row in summary["methods"].values():
-        assert set(row) == {"code", "sql", "shell", "language"}
-        assert all(0 <= v <= 1 for v in row.values())
-    # retention is a real measurement: the base and an expert differ
+    tasks = ["code", "sql", "shell"]
+    intervals = summary["intervals"]
+    for name, row in summary["methods"].items():
+        assert set(row) == {"code", "sql", "shell", "language", "average", "retention"}
+        assert all(0 <= row[c] <= 1 for c in [*tasks, "language", "average"])
+        assert row["retention"] >= 0  # a merge can beat an expert: above 1 is possible
+        assert row["average"] == pytest.approx(sum(row[t] for t in tasks) / 3)
+        # every score comes with its interval over the test requests, which holds it
+        for column in [*tasks, "average", "retention"]:
+            low, high = intervals["methods"][name][column]
+            assert low - 1e-9 <= row[column] <= high + 1e-9 or column == "retention"
+    # the final model minus each method, paired on the same requests
+    diffs = intervals["differences"]
+    assert intervals["reference"] == "cycleqd_final" and "cycleqd_final" not in diffs
+    final = summary["methods"]["cycleqd_final"]
+    for name, d in diffs.items():
+        point, low, high = d["average"]
+        assert point == pytest.approx(final["average"] - summary["methods"][name]["average"])
+        assert low <= high
+    # language retention is a real measurement: the base and an expert differ
     assert summary["methods"]["base"]["language"] != summary["methods"]["expert_sql"]["language"]
 
 
@@ -200,3 +218,28 @@ def test_an_interrupted_build_leaves_nothing_under_the_cache_key(tmp_path, monke
     with pytest.raises(KeyboardInterrupt):
         tinylm.build(tmp_path, TinyLMRecipe.micro())
     assert list(tmp_path.iterdir()) == []
+
+
+def test_two_builds_in_separate_processes_with_other_thread_counts_give_the_same_weights(tmp_path):
+    script = (
+        "import sys, torch; torch.set_num_threads(int(sys.argv[1]))\n"
+        "from cycleqd.tinylm import TinyLMRecipe, build, build_info, weights_hash\n"
+        "base, _ = build(sys.argv[2], TinyLMRecipe.micro())\n"
+        "info = build_info(base)\n"
+        "assert weights_hash(base.parent) == info['weights_sha256']\n"
+        "assert torch.get_num_threads() == int(sys.argv[1])  # the build restores it\n"
+        "print(info['weights_sha256'])\n"
+    )
+    hashes = []
+    for threads in (1, 2):
+        out = subprocess.run(
+            [sys.executable, "-P", "-c", script, str(threads), str(tmp_path / f"cache{threads}")],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert out.returncode == 0, out.stderr[-2000:]
+        hashes.append(out.stdout.strip().splitlines()[-1])
+        # off a terminal, each stage of the build is a line on stderr, the hash among them
+        assert "building expert sql" in out.stderr and hashes[-1] in out.stderr
+    assert hashes[0] == hashes[1] and len(hashes[0]) == 64

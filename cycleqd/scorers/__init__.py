@@ -4,12 +4,21 @@ The protocol (any callable made by a registered factory):
 
     scorer = SCORERS.build(name, **params)  # once per evaluator process
     score = scorer(model, split)  # model: the evaluator's resident torch module;
-                                  # split: "val" during evolution, "test" for the report
+                                  # split: "val" (choices), "test" (the report), or "search"
 
 A scorer reads the model's current weights (the evaluator updates them in place between calls),
 batches its own problems as it can, and returns a float in [0, 1]; it must not keep references to
 the weights or change them. Scores outside [0, 1] or exceptions mark the candidate as failed, with
 the reason in the run's event log.
+
+Splits: evolution scores every child on ``"search"``, the final choice and the baselines' sweeps
+use ``"val"``, the report ``"test"``. A scorer whose ``search_split`` attribute is true has a
+``search`` split of its own (a fixed subset of val that keeps a child cheap); any other scorer is
+called with ``"val"`` where the run asks for ``"search"``.
+
+A scorer that judges requests one by one returns a :class:`cycleqd.stats.Score` (a float that
+keeps each request's result): the report then carries 95% bootstrap intervals over requests and
+paired differences between methods.
 
 Third-party packages register scorers through the ``cycleqd.scorers`` entry-point group, or a config
 names one by dotted path (``my_package.scoring:MyScorer``).
@@ -32,7 +41,7 @@ import torch
 
 from cycleqd._registry import Registry
 
-__all__ = ["SCORERS", "Scorer"]
+__all__ = ["SCORERS", "Scorer", "scorer_split"]
 
 
 class Scorer(Protocol):
@@ -40,6 +49,13 @@ class Scorer(Protocol):
 
     def __call__(self, model: torch.nn.Module, split: str) -> float:
         """Score ``model`` on ``split`` (``"val"`` or ``"test"``)."""
+
+
+def scorer_split(scorer: object, split: str) -> str:
+    """The split to call ``scorer`` with: ``search`` only for a scorer that has one."""
+    if split == "search" and not getattr(scorer, "search_split", False):
+        return "val"
+    return split
 
 
 #: Scorers by name; plug-ins extend it through the ``cycleqd.scorers`` entry-point group.
