@@ -8,8 +8,8 @@ is reported on the test split (each task, their average, and the config's report
 * ``ties``, ``dare_ties``: mergekit's methods over the experts, density swept on val
   (``final.ties_densities``); DARE's drop masks follow the seed;
 * ``cma_es``: a single-objective CMA-ES (the ``cma`` package) over per-expert coefficients
-  ``θ_base + Σ_k λ_k τ_k``, maximising the val average, with CycleQD's budget of val evaluations
-  (``K`` seeds + ``generations × batch_size`` children + the final-model candidates);
+  ``θ_base + Σ_k λ_k τ_k``, maximising the objective on the split CycleQD's children are scored
+  on, with CycleQD's budget of evaluations (:func:`evaluation_budget`);
 * ``multitask_finetune``: the base fine-tuned on the union of the experts' training data for as
   many steps as all experts together (sources that train their experts: ``tinylm``);
 * the ablation chain of the paper's Table 2, each a full run: ``fixed_axes`` (no cycling: task 0's
@@ -21,10 +21,17 @@ The Gaussian mutation of the ablation is matched to the SVD mutation's size: its
 ``rate / 2`` times the experts' task vectors' root mean square (``rate`` of the config's
 mutation, 0.1 if it has none), the expected size of ``svd_expert``'s perturbation.
 
-Seed-independent methods (base, experts, task arithmetic, TIES) are computed once. Every result is
-written as it is made (``cells/``) so a killed comparison resumes where it stopped; the CycleQD
-runs are ordinary run folders (``runs/``). The outputs: ``compare.json``, ``compare.md`` and
-``compare.png`` (average per method with error bars, and per task).
+Every choice on val (λ, density, CMA-ES's search, the final model) maximises the config's
+``final.objective``. Seeds vary the evolution and, where the source builds its experts from a
+seeded recipe (``tinylm``, ``digits``), the expert build too: seed ``cfg.seed + s`` builds with
+the recipe's seed plus ``s``, so the spread over seeds includes the experts' own. Methods without
+a seed of their own (base, experts, task arithmetic, TIES) then run once per build; with fixed
+experts, once. Each cell keeps its per-request test results: every figure has its 95% bootstrap
+interval over requests, and ``differences`` gives ``cycleqd − method`` paired on the same requests
+and seed. Every result is written as it is made (``cells/``) so a killed comparison resumes where
+it stopped; the CycleQD runs are ordinary run folders (``runs/``). The outputs:
+``compare.json``, ``compare.md`` and ``compare.png`` (average per method with error bars, and
+per task).
 """
 
 from __future__ import annotations

@@ -75,7 +75,8 @@ class TinyLMRecipe:
     base_copy_share: float = 0.3
     expert_steps: int = 400
     expert_lr: float = 1e-3
-    expert_anchor_share: float = 0.0
+    expert_anchor_weight: float = 0.0
+    expert_scale_floor: float = 0.0
     expert_train: str = "all"
     batch_size: int = 32
     train_problems: int = 4000
@@ -98,7 +99,11 @@ class TinyLMRecipe:
                 raise CycleQDError(f"tinylm recipe: {name} must be a number, not {value!r}")
             if wanted is int and value != int(value):
                 raise CycleQDError(f"tinylm recipe: {name} must be a whole number, not {value}")
-            if value < 0 or (name.endswith("share") and value >= 1):
+            if (
+                value < 0
+                or (name.endswith("share") and value >= 1)
+                or (name.endswith("floor") and value > 1)
+            ):
                 raise CycleQDError(f"tinylm recipe: {name}={value} is out of range")
         if self.hidden % self.heads:
             raise CycleQDError(
@@ -224,8 +229,19 @@ def _train(
     seed: int,
     label: str,
     train: tuple[str, ...] = ("",),
+    anchor: tuple[Any, list[tuple[list[int], int]], float] | None = None,
+    scale_floor: float = 0.0,
 ) -> None:
+    """Train ``model`` on ``examples`` (loss where the labels are set).
+
+    ``anchor``: ``(reference model, examples, weight)``: each step adds ``weight`` × the KL
+    divergence from the reference's next-token distributions to the model's on a batch of those
+    examples, at their answer positions. ``scale_floor`` > 0: each step runs the model at
+    ``θ_0 + s (θ − θ_0)``, ``θ_0`` its starting weights and ``s`` drawn from
+    ``[scale_floor, 1]``, so that the change training makes works at any of those scales.
+    """
     from rich.progress import Progress
+    from torch.func import functional_call
 
     rng = random.Random(seed)
     torch.manual_seed(seed)
@@ -238,11 +254,26 @@ def _train(
     schedule = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     model.train()
     batches = _batches(examples, recipe, pad, rng)
+    anchors = _batches(anchor[1], recipe, pad, rng) if anchor else None
+    origin = {n: p.detach().clone() for n, p in model.named_parameters()} if scale_floor else {}
     with Progress(transient=True) as progress:
         task = progress.add_task(f"training {label}", total=steps)
         for _ in range(steps):
+            scale = rng.uniform(scale_floor, 1.0) if scale_floor else 1.0
+
+            def forward(ids: Any, scale: float = scale, **kwargs: Any) -> Any:
+                kwargs |= {"input_ids": ids, "attention_mask": (ids != pad).long()}
+                if not origin:
+                    return model(**kwargs)
+                weights = {
+                    n: origin[n] + scale * (p - origin[n]) for n, p in model.named_parameters()
+                }
+                return functional_call(model, weights, args=(), kwargs=kwargs)
+
             ids, labels = next(batches)
-            loss = model(input_ids=ids, attention_mask=(ids != pad).long(), labels=labels).loss
+            loss = forward(ids, labels=labels).loss
+            if anchor is not None and anchors is not None:
+                loss = loss + anchor[2] * _anchor_kl(forward, anchor[0], *next(anchors), pad)
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -250,6 +281,26 @@ def _train(
             schedule.step()
             progress.update(task, advance=1, description=f"training {label} loss {loss:.3f}")
     model.eval()
+
+
+def _anchor_kl(forward: Any, reference: Any, ids: Any, labels: Any, pad: int) -> Any:
+    """KL(reference ‖ model) of the next-token distributions where ``labels`` are set.
+
+    ``forward(ids)`` runs the model being trained.
+    """
+    import torch.nn.functional as F
+
+    where = labels[:, 1:] != -100
+    with torch.no_grad():
+        mask = (ids != pad).long()
+        target = reference(input_ids=ids, attention_mask=mask).logits[:, :-1][where]
+    logits = forward(ids).logits[:, :-1][where]
+    return F.kl_div(
+        F.log_softmax(logits.float(), -1),
+        F.log_softmax(target.float(), -1),
+        log_target=True,
+        reduction="batchmean",
+    )
 
 
 @functools.cache
@@ -302,9 +353,8 @@ def _build(root: Path, recipe: TinyLMRecipe) -> None:
     start = time.perf_counter()
     with build_threads():
         train_base(root / "base", recipe)
-        anchors = base_anchors(root / "base", recipe) if recipe.expert_anchor_share else None
         for i, skill in enumerate(SKILLS):
-            train_expert(root / f"expert-{skill}", root / "base", recipe, skill, i, anchors)
+            train_expert(root / f"expert-{skill}", root / "base", recipe, skill, i)
     seconds = round(time.perf_counter() - start, 1)
     digest = weights_hash(root)
     progress(f"models built in {seconds:.0f} s: weights sha256 {digest}")
@@ -381,34 +431,34 @@ def train_base(out: Path, recipe: TinyLMRecipe) -> None:
     _save(model, tokenizer, out)
 
 
-def train_expert(
-    out: Path, base: Path, recipe: TinyLMRecipe, skill: str, index: int, anchors: Any = None
-) -> None:
+def train_expert(out: Path, base: Path, recipe: TinyLMRecipe, skill: str, index: int) -> None:
     """Fine-tune the base at ``base`` on ``skill`` (the loss on the answer); save to ``out``.
 
-    ``expert_anchor_share`` of the examples are anchors: other skills' training requests with
-    the base's own greedy answers (:func:`base_anchors`; pass them in to compute them once for
-    every expert). They hold the expert to the base's behaviour outside its skill, as a large
-    model's fine-tune leaves unrelated inputs alone, so that task vectors add up instead of
-    overwriting each other. ``expert_train`` says which weights change.
+    With ``expert_anchor_weight`` > 0 every step also holds the expert to the base outside its
+    skill: the KL divergence from the base's next-token distributions to the expert's on a batch
+    of the other skills' training sequences, at the answer's positions, weighted so. (The
+    expert never learns the other skills' answers: its targets there are the base's own
+    predictions.) As a large model's fine-tune leaves unrelated inputs alone, task vectors then
+    add up instead of overwriting each other. ``expert_train`` says which weights change.
     """
     from transformers import AutoTokenizer, LlamaForCausalLM
 
     tokenizer = AutoTokenizer.from_pretrained(base)
     expert = LlamaForCausalLM.from_pretrained(base)
-    pairs = _skill_examples(skill, recipe.train_problems, recipe.seed)
-    examples = [_encode(tokenizer, p, a, recipe.max_len) for p, a in pairs]
-    share = recipe.expert_anchor_share
-    if share:
-        anchors = anchors if anchors is not None else base_anchors(base, recipe)
-        others = [pair for s in SKILLS if s != skill for pair in anchors[s]]
-        rng = random.Random(f"anchors:{skill}:{recipe.seed}")
-        n = min(len(others), int(share * len(examples) / (1 - share)))
-        examples += [_encode(tokenizer, p, a, recipe.max_len) for p, a in rng.sample(others, n)]
+
+    def encoded(s: str) -> list[tuple[list[int], int]]:
+        pairs = _skill_examples(s, recipe.train_problems, recipe.seed)
+        return [_encode(tokenizer, p, a, recipe.max_len) for p, a in pairs]
+
+    anchor = None
+    if recipe.expert_anchor_weight:
+        reference = LlamaForCausalLM.from_pretrained(base).eval()
+        others = [example for s in SKILLS if s != skill for example in encoded(s)]
+        anchor = (reference, others, recipe.expert_anchor_weight)
     progress(f"building expert {skill} ({recipe.expert_steps} steps)")
     _train(
         expert,
-        examples,
+        encoded(skill),
         recipe.expert_steps,
         recipe.expert_lr,
         recipe,
@@ -416,36 +466,10 @@ def train_expert(
         recipe.seed + 1 + index,
         f"expert {skill}",
         EXPERT_TRAIN[recipe.expert_train],
+        anchor,
+        recipe.expert_scale_floor,
     )
     _save(expert, tokenizer, out)
-
-
-def base_anchors(base: Path, recipe: TinyLMRecipe) -> dict[str, list[tuple[str, str]]]:
-    """Each skill's anchor examples: its training requests with the base's greedy answers.
-
-    As many per skill as an expert's anchors could need (``expert_anchor_share``), from the end
-    of the skill's training requests: the base trained on the first few, and an anchor must be
-    what the base does, not an answer it was taught.
-    """
-    from transformers import AutoTokenizer, LlamaForCausalLM
-
-    from cycleqd.decode import greedy_decode
-
-    tokenizer = AutoTokenizer.from_pretrained(base)
-    model = LlamaForCausalLM.from_pretrained(base).eval()
-    share = recipe.expert_anchor_share
-    n = int(share * recipe.train_problems / (1 - share)) // (len(SKILLS) - 1) + 1
-    out = {}
-    for skill in SKILLS:
-        requests = [p for p, _ in _skill_examples(skill, recipe.train_problems, recipe.seed)[-n:]]
-        answers = greedy_decode(model, tokenizer, requests, max_new_tokens=48, stop="\n")
-        out[skill] = [format_example_answer(p, a) for p, a in zip(requests, answers, strict=True)]
-    return out
-
-
-def format_example_answer(prompt_text: str, answer: str) -> tuple[str, str]:
-    """A training example from a prompt text (``prompt_of``'s) and an answer to it."""
-    return prompt_text, f" {answer.strip()}\n"
 
 
 def _save(model: Any, tokenizer: Any, out: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -97,7 +98,8 @@ def test_existing_run_folder_needs_resume_and_resume_needs_a_run(config, tmp_pat
     assert code == 2 and "is not a cycleqd run folder" in output
 
 
-def test_evolve_show_export_on_digits(config, tmp_path):
+def test_evolve_show_export_on_digits(config, tmp_path, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "300")  # the report's table on one line a row
     code, output = invoke("evolve", config, "--run-dir", tmp_path / "run")
     assert code == 0, output
     assert "cycleqd_final" in output and "task_arithmetic_best" in output
@@ -105,6 +107,19 @@ def test_evolve_show_export_on_digits(config, tmp_path):
     assert code == 2 and "already exists" in output
     code, output = invoke("show", tmp_path / "run")
     assert code == 0 and "archive 'rotated'" in output and "cycleqd_final" in output
+    # every score with its 95% interval over requests, and the final model's paired difference
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    low, high = summary["intervals"]["methods"]["base"]["rotated"]
+    assert "95% intervals over requests" in output and f"[{low:.3f}, {high:.3f}]" in output
+    point, low, high = summary["intervals"]["differences"]["base"]["average"]
+    assert f"{point:+.3f} [{low:+.3f}, {high:+.3f}]" in output
+    from cycleqd import load_run
+
+    results = load_run(tmp_path / "run").results()
+    row = results[(results.method == "base") & (results.column == "average")].iloc[0]
+    assert (row.difference, row.difference_low, row.difference_high) == pytest.approx(
+        (point, low, high)
+    )
     code, output = invoke("export", tmp_path / "run", tmp_path / "out", "--final")
     assert code == 0 and (tmp_path / "out" / "model.safetensors").is_file()
     code, output = invoke("export", tmp_path / "run", tmp_path / "out", "--final")

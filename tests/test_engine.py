@@ -70,7 +70,8 @@ def test_evolution_cycles_tasks_and_writes_the_run_folder(tmp_path, digits_cache
     final = json.loads((evolver.store.root / "final.json").read_text())
     assert final["ties_density"] in evolver.cfg.final.ties_densities
     for scores in summary["methods"].values():
-        assert set(scores) == set(tasks) and all(0 <= v <= 1 for v in scores.values())
+        assert set(scores) == {*tasks, "average", "retention"}
+        assert all(0 <= scores[t] <= 1 for t in [*tasks, "average"])
     root = evolver.store.root
     for name in (
         "config.yaml",

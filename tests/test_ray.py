@@ -125,7 +125,13 @@ def test_a_quickstart_style_run_on_two_workers_is_consistent(tmp_path, tinylm_mi
     evolver, summary, events = run(path)  # steady, unordered: children come back in any order
     assert evolver.cfg.evaluation.steady and not evolver.cfg.evaluation.ordered
     assert_consistent(evolver, events)
-    assert set(summary["methods"]["cycleqd_final"]) == {"code", "sql", "shell"}
+    assert set(summary["methods"]["cycleqd_final"]) == {
+        "code",
+        "sql",
+        "shell",
+        "average",
+        "retention",
+    }
 
 
 def test_a_worker_killed_mid_evaluation_costs_no_candidate(tmp_path, digits_cache, setup):

@@ -640,8 +640,8 @@ def test_a_run_scores_with_the_real_task_scorers(tmp_path, tinylm_micro):
     assert not [e for e in events if e.get("event") == "failed"]
     assert sum(e.get("event") == "child" for e in events) == 4
     for scores in summary["methods"].values():
-        assert set(scores) == {"code", "sql", "shell"}
-        assert all(0.0 <= v <= 1.0 for v in scores.values())
+        assert set(scores) == {"code", "sql", "shell", "average", "retention"}
+        assert all(0.0 <= scores[t] <= 1.0 for t in ("code", "sql", "shell", "average"))
 
 
 def test_a_source_model_knows_its_directory_and_generation_config(tinylm_micro):
