@@ -75,8 +75,8 @@ class TinyLMRecipe:
     base_copy_share: float = 0.3
     expert_steps: int = 400
     expert_lr: float = 1e-3
-    expert_anchor_weight: float = 0.0
-    expert_scale_floor: float = 0.0
+    expert_anchor_weight: float = 1.0
+    expert_scale_floor: float = 0.2
     expert_train: str = "all"
     batch_size: int = 32
     train_problems: int = 4000
@@ -123,6 +123,8 @@ class TinyLMRecipe:
             expert_steps=2,
             batch_size=4,
             train_problems=40,
+            expert_anchor_weight=1.0,
+            expert_scale_floor=0.3,
         )
 
     def key(self) -> str:
