@@ -57,6 +57,7 @@ def small_config(path: str) -> Path:
     data["models"] = {"source": "tinylm", "params": asdict(TinyLMRecipe.micro())}
     for task in data["tasks"]:
         task["params"] |= {"problems": 4, "test_problems": 4, "max_new_tokens": 8}
+        task["params"]["search_problems"] = 2
     (folder / "small.yaml").write_text(yaml.safe_dump(data))
     return folder / "small.yaml"
 

@@ -7,6 +7,7 @@ genome table (a pyribs extra field, ``elite``); the archives hold no weights.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -134,11 +135,14 @@ class Archives:
     def stats(self) -> dict[str, dict[str, float]]:
         """Per task: coverage, QD score (sum of qualities) and best quality."""
         out = {}
-        for task, grid in zip(self.tasks, self.grids, strict=True):
+        for k, (task, grid) in enumerate(zip(self.tasks, self.grids, strict=True)):
             s = grid.stats
             out[task] = {
                 "coverage": float(s.coverage),
-                "qd_score": float(s.qd_score),
+                # an exact sum of the elites' qualities: pyribs keeps a running sum whose last
+                # digit depends on the order elites came in, and a resumed run rebuilds the
+                # archive in one batch
+                "qd_score": math.fsum(self.elites(k)["objective"].tolist()),
                 "best": float(s.obj_max) if s.num_elites else 0.0,
                 "elites": int(s.num_elites),
             }

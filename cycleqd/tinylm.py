@@ -3,11 +3,16 @@
 Read top to bottom: the recipe, the data, the training loop, the builder. Plain torch, no
 trainer framework, deterministic from a seed, cached by the recipe's hash.
 
-* Generic text: the Python documentation topics that ship with CPython (``pydoc_data``), so
-  nothing is downloaded; some topics are held out for the language-retention metric.
+* Generic text: CPython 3.11's documentation topics (``pydoc_data``), shipped with cycleqd so
+  that nothing is downloaded and no Python version changes them; some topics are held out for
+  the language-retention metric.
 * The base is pretrained on a mixture of generic text and a share of every skill's examples (a
   base that knows none of the skills gives experts whose merges collapse).
-* Each expert is fine-tuned from the base on its skill, the loss on the answer only.
+* Each expert is fine-tuned from the base on its skill, the loss on the answer only, held to the
+  base on the other skills' sequences (KL anchors) and trained to work at a fraction of its task
+  vector: together these make task vectors that add up, as large models' do.
+* A build uses :data:`BUILD_THREADS` threads and deterministic kernels, and records a SHA-256 of
+  its weights: the same recipe gives the same weights on any machine of a kind.
 """
 
 from __future__ import annotations
@@ -60,8 +65,12 @@ EXPERT_TRAIN: dict[str, tuple[str, ...]] = {
 class TinyLMRecipe:
     """Model size and training schedule of the embedded experts.
 
-    The defaults are the quickstart's recipe (1.2 M parameters, about 7.5 minutes on 2 CPU
-    cores): experts at 0.79-1.00 on their own skill's test split, the base at 0.03-0.25.
+    The defaults are the quickstart's recipe (1.2 M parameters, about 9 minutes on 2 CPU
+    cores; ``python bench/stage.py`` measures it). ``expert_anchor_weight``: the weight of the
+    KL divergence that holds each expert to the base on the other skills' sequences (0: off).
+    ``expert_scale_floor``: each expert step runs at a task-vector scale drawn from
+    ``[floor, 1]`` (0: off). ``expert_train``: ``all``, ``blocks`` (no embeddings or head),
+    ``mlp`` or ``attention``.
     """
 
     vocab_size: int = 768
