@@ -46,6 +46,7 @@ class _Worker:
         from cycleqd.models import load_models
         from cycleqd.scorers import SCORERS
 
+        _unshadow_kernels()
         torch.set_num_threads(threads)  # the CPUs Ray reserved, for torch and the sandbox pool
         config = RunConfig.model_validate_json(config_json)
         source, space = load_models(config)
@@ -88,18 +89,43 @@ class _Slot:
     pid: int = 0
 
 
+def _checkout() -> str | None:
+    """The cycleqd checkout this package runs from (an editable install), else ``None``."""
+    root = os.path.realpath(os.path.join(os.path.dirname(__file__), os.pardir))
+    is_checkout = os.path.isfile(os.path.join(root, "pyproject.toml")) and os.path.isfile(
+        os.path.join(root, "kernels", "__init__.py")
+    )
+    return root if is_checkout else None
+
+
+def _unshadow_kernels() -> None:
+    """Drop a cycleqd checkout from this worker's path (Ray runs workers in the driver's folder).
+
+    Its top-level ``kernels/`` folder would shadow the Hugging Face ``kernels`` package that
+    transformers imports.
+    """
+    checkout = _checkout()
+    if checkout is not None:
+        sys.path[:] = [p for p in sys.path if os.path.realpath(p or os.getcwd()) != checkout]
+
+
 def _local_runtime_env() -> dict[str, Any]:
     """Let local workers import what the driver can: its script folder, cwd and added paths.
 
     Ray gives workers the driver's working directory but not the folders added to ``sys.path``
     (a plug-in scorer's project, the tests' folder); entries under the interpreter's own prefix
-    are left out, the workers have them.
+    are left out, the workers have them. So is a checkout of cycleqd itself (workers import
+    cycleqd from its install): first on a worker's path, its top-level ``kernels/`` folder would
+    shadow the Hugging Face ``kernels`` package that transformers imports.
     """
     prefixes = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
+    checkout = _checkout()
     extra = [
         path
         for path in (os.path.realpath(p or os.getcwd()) for p in sys.path)
-        if os.path.isdir(path) and not any(path.startswith(prefix) for prefix in prefixes)
+        if os.path.isdir(path)
+        and path != checkout
+        and not any(path.startswith(prefix) for prefix in prefixes)
     ]
     inherited = os.environ.get("PYTHONPATH")
     paths = list(dict.fromkeys(extra + ([inherited] if inherited else [])))
