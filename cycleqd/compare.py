@@ -322,7 +322,7 @@ def _evolve(ctx: _Context, method: str, seed: int) -> tuple[Any, dict[str, Any]]
     evolver.evolve(resume=True)
     final, info = evolver.final_genome()
     evolver.store.write_json("final.json", info)
-    ctx.evaluations = evolver.evaluations
+    ctx.evaluations = info["evaluations"]
     report = LocalEvaluator(
         evolver.space, evolver.source, ctx.extra, materializer=evolver.materializer
     )

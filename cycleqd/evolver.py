@@ -537,6 +537,7 @@ class Evolver:
                         "elites": [p.id for p in parents],
                     }
                 )
+        searched = self.evaluations
         if len(candidates) > 1:
             progress(
                 f"final model: {len(candidates)} candidates on val ({self.cfg.final.objective})"
@@ -546,7 +547,11 @@ class Evolver:
                 candidate["val_objective"], candidate["val_scores"] = list(key), scores
                 candidate["val_average"] = float(np.mean(scores))
         chosen = max(candidates, key=lambda c: c.get("val_objective", [0.0]))
+        # what the CycleQD model cost: seeds, children and this choice (the evolution's own
+        # count stays seeds and children)
+        total, self.evaluations = self.evaluations, searched
         info = {
+            "evaluations": total,
             "method": self.cfg.final.method,
             "objective": self.cfg.final.objective,
             **{k: v for k, v in chosen.items() if k != "genome"},
@@ -570,7 +575,7 @@ class Evolver:
     def finish(self) -> dict[str, Any]:
         """Choose the final model and baselines on val; score everything on test; write files."""
         final, info = self.final_genome()
-        info["evaluations"] = self.evaluations  # what the CycleQD model cost, sweeps aside
+        searched = self.evaluations
         K = len(self.tasks)
         lambdas = {
             lam: Genome.linear(self.space, torch.full((K,), float(lam)))
@@ -587,6 +592,7 @@ class Evolver:
             info["ties_density"] = density
             methods["ties"] = ties[density]
         methods["cycleqd_final"] = final
+        self.evaluations = searched  # the baselines' sweeps are not CycleQD's cost
         progress(f"report: scoring {len(methods)} models on the test split")
         result = self.evaluator.evaluate(list(methods.values()), "test")
         rows = {
