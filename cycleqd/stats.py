@@ -108,12 +108,6 @@ def _resample_means(
     return out
 
 
-def _interval(samples: np.ndarray) -> list[float]:
-    tail = (1 - LEVEL) / 2 * 100
-    lo, hi = np.percentile(samples, [tail, 100 - tail])
-    return [float(lo), float(hi)]
-
-
 def resampled_columns(
     items: Mapping[str, Mapping[str, Sequence[float]]],
     tasks: Sequence[str],
