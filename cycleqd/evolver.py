@@ -612,7 +612,7 @@ class Evolver:
             extra = reporter.evaluate(list(methods.values()), "test")
             for name, row in zip(methods, extra.scores, strict=True):
                 rows[name] |= {m.name: float(v) for m, v in zip(report, row, strict=True)}
-        summary = test_summary(self.tasks, rows, items, [m.name for m in report])
+        summary = report_summary(self.tasks, rows, items, [m.name for m in report])
         self.store.save_genome(final)
         final.save(self.store.root / "final.genome")
         info["final_genome"] = final.id
@@ -625,7 +625,7 @@ class Evolver:
         return summary
 
 
-def test_summary(
+def report_summary(
     tasks: list[str],
     rows: dict[str, dict[str, float]],
     items: dict[str, dict[str, tuple[float, ...]]],
