@@ -458,40 +458,53 @@ class Evolver:
         i = max(range(len(judged)), key=lambda j: (judged[j][0], -j))
         return list(candidates)[i], judged[i][0]
 
-    def _best_average(self, k: int) -> tuple[int, float]:
-        """Archive ``k``'s elite with the best validation average over all tasks."""
+    def _elite_objectives(self, k: int) -> dict[int, tuple[float, ...]]:
+        """Archive ``k``'s elites and their ``final.objective`` keys on the search split.
+
+        Retention divides by the experts' own search-split scores (what the seeds measured).
+        """
         assert self.archives is not None
         data = self.archives.elites(k)
         scores = np.insert(data["measures"], k, data["objective"], axis=1)
-        i = int(np.argmax(scores.mean(axis=1)))
-        return int(data["elite"][i]), float(scores[i].mean())
+        experts = {t: self.expert_scores[j][j] for j, t in enumerate(self.tasks)}
+        return {
+            int(e): objective_value(
+                self.cfg.final.objective, dict(zip(self.tasks, row.tolist(), strict=True)), experts
+            )
+            for e, row in zip(data["elite"], scores, strict=True)
+        }
 
-    def _ranked_by_average(self) -> list[tuple[int, float]]:
-        """Every elite of every archive once, by validation average over all tasks, best first."""
-        assert self.archives is not None
-        averages: dict[int, float] = {}
+    def _best_by_objective(self, k: int) -> tuple[int, float]:
+        """Archive ``k``'s elite that maximises ``final.objective``, and that objective."""
+        keys = self._elite_objectives(k)
+        elite = max(keys, key=lambda e: (keys[e], -e))
+        return elite, keys[elite][0]
+
+    def _ranked_by_objective(self) -> list[tuple[int, float]]:
+        """Every elite of every archive once, by ``final.objective`` (search split), best first."""
+        keys: dict[int, tuple[float, ...]] = {}
         for k in range(len(self.tasks)):
-            data = self.archives.elites(k)
-            scores = np.insert(data["measures"], k, data["objective"], axis=1).mean(axis=1)
-            averages |= {int(e): float(a) for e, a in zip(data["elite"], scores, strict=True)}
-        return sorted(averages.items(), key=lambda item: (-item[1], item[0]))
+            keys |= self._elite_objectives(k)
+        ranked = sorted(keys, key=lambda e: (tuple(-v for v in keys[e]), e))
+        return [(e, keys[e][0]) for e in ranked]
 
     def final_genome(self) -> tuple[Genome, dict[str, Any]]:
         """The final model and how it was chosen.
 
         ``softmax`` (the paper): ``θ_base + Σ_k β_k τ*_k`` over every archive's best elite,
-        ``β = softmax`` of their qualities. ``validation``: the best validation average among
-        that merge at several softmax temperatures (temperature 0: the single best elite), and the
-        same merges of each archive's best-average elite (the archives hold elites good at every
-        task, not only at their own; their scores are already known), and uniform soups of the
-        2, 3, 5 and 8 elites with the best validation averages over all archives.
+        ``β = softmax`` of their qualities. ``validation``: the best on val by ``final.objective``
+        among that merge at several softmax temperatures (temperature 0: the single best elite),
+        the same merges of each archive's elite with the best objective (the archives hold
+        elites good at every task, not only at their own; their search-split scores are already
+        known), and uniform soups of the 2, 3, 5 and 8 elites with the best objectives over all
+        archives.
         """
         assert self.archives is not None
         K = len(self.tasks)
         pools = {"best_quality": [self.archives.best(k) for k in range(K)]}
         temperatures: tuple[float, ...] = (1.0,)
         if self.cfg.final.method == "validation":
-            pools["best_average"] = [self._best_average(k) for k in range(K)]
+            pools["best_objective"] = [self._best_by_objective(k) for k in range(K)]
             temperatures = VALIDATION_TEMPERATURES
         candidates = []
         for pool, elites in pools.items():
@@ -516,7 +529,7 @@ class Evolver:
                     }
                 )
         if self.cfg.final.method == "validation":
-            ranked = self._ranked_by_average()
+            ranked = self._ranked_by_objective()
             for m in SOUP_SIZES:
                 if len(ranked) < m:
                     break

@@ -10,7 +10,9 @@ trainer framework, deterministic from a seed, cached by the recipe's hash.
   base that knows none of the skills gives experts whose merges collapse).
 * Each expert is fine-tuned from the base on its skill, the loss on the answer only, held to the
   base on the other skills' sequences (KL anchors) and trained to work at a fraction of its task
-  vector: together these make task vectors that add up, as large models' do.
+  vector; then the experts train a last round side by side, each with the others' task vectors
+  present at random scales. Together these make task vectors that add up, as large models' do
+  (a lab construction: ``bench/stage.py`` measures what each device gives).
 * A build uses :data:`BUILD_THREADS` threads and deterministic kernels, and records a SHA-256 of
   its weights: the same recipe gives the same weights on any machine of a kind.
 """
@@ -70,7 +72,9 @@ class TinyLMRecipe:
     KL divergence that holds each expert to the base on the other skills' sequences (0: off).
     ``expert_scale_floor``: each expert step runs at a task-vector scale drawn from
     ``[floor, 1]`` (0: off). ``expert_train``: ``all``, ``blocks`` (no embeddings or head),
-    ``mlp`` or ``attention``.
+    ``mlp`` or ``attention``. ``expert_joint_steps``: steps per expert of a last round in which
+    the experts train side by side, each with the others' task vectors present at random scales
+    (0: off; see :func:`train_jointly`).
     """
 
     vocab_size: int = 768
@@ -80,13 +84,14 @@ class TinyLMRecipe:
     max_len: int = 160
     base_steps: int = 800
     base_lr: float = 2e-3
-    base_skill_share: float = 0.1
+    base_skill_share: float = 0.25
     base_copy_share: float = 0.3
     expert_steps: int = 400
     expert_lr: float = 1e-3
     expert_anchor_weight: float = 1.0
     expert_scale_floor: float = 0.2
     expert_train: str = "all"
+    expert_joint_steps: int = 100
     batch_size: int = 32
     train_problems: int = 4000
     seed: int = 0
@@ -134,6 +139,7 @@ class TinyLMRecipe:
             train_problems=40,
             expert_anchor_weight=1.0,
             expert_scale_floor=0.3,
+            expert_joint_steps=2,
         )
 
     def key(self) -> str:
@@ -366,6 +372,8 @@ def _build(root: Path, recipe: TinyLMRecipe) -> None:
         train_base(root / "base", recipe)
         for i, skill in enumerate(SKILLS):
             train_expert(root / f"expert-{skill}", root / "base", recipe, skill, i)
+        if recipe.expert_joint_steps:
+            train_jointly(root, recipe)
     seconds = round(time.perf_counter() - start, 1)
     digest = weights_hash(root)
     progress(f"models built in {seconds:.0f} s: weights sha256 {digest}")
@@ -481,6 +489,104 @@ def train_expert(out: Path, base: Path, recipe: TinyLMRecipe, skill: str, index:
         recipe.expert_scale_floor,
     )
     _save(expert, tokenizer, out)
+
+
+def train_jointly(root: Path, recipe: TinyLMRecipe) -> None:
+    """The experts' last round: each trains with the others' task vectors present.
+
+    Step by step in turn, expert ``k`` runs at ``θ_0 + s τ_k + Σ_j c_j τ_j``: ``s`` is drawn
+    from ``[expert_scale_floor, 1]``; every other ``c_j`` is 0 or, with probability 1/2, drawn
+    from ``[0, 1]``; the others stay fixed for the step. The loss is its own skill's loss on a
+    batch, plus ``expert_anchor_weight`` × the KL divergence from the same model without
+    ``τ_k`` to it, on the other skills' sequences. Only ``τ_k`` changes, and only through its
+    own skill's answers and the no-``τ_k`` model's predictions: an expert never learns another
+    skill. What it learns is to keep its skill, and to leave the others' alone, whatever the
+    other task vectors add, as large models' fine-tunes do. Overwrites the experts under
+    ``root``.
+    """
+    import torch.nn.functional as F
+    from torch.func import functional_call
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(root / "base")
+    model = LlamaForCausalLM.from_pretrained(root / "base").eval()
+    pad = tokenizer.pad_token_id
+    origin = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for p in model.parameters():
+        p.requires_grad_(False)
+    allowed = EXPERT_TRAIN[recipe.expert_train]
+    vectors, optimizers, schedules, batches, anchors = [], [], [], [], []
+    rng = random.Random(recipe.seed + 100)
+    torch.manual_seed(recipe.seed + 100)
+    encoded = {
+        s: [
+            _encode(tokenizer, p, a, recipe.max_len)
+            for p, a in _skill_examples(s, recipe.train_problems, recipe.seed)
+        ]
+        for s in SKILLS
+    }
+    for skill in SKILLS:
+        expert = LlamaForCausalLM.from_pretrained(root / f"expert-{skill}")
+        tau = {
+            n: (p.detach() - origin[n]).requires_grad_(any(f in n for f in allowed))
+            for n, p in expert.named_parameters()
+        }
+        trained = [t for t in tau.values() if t.requires_grad]
+        opt = torch.optim.AdamW(trained, lr=recipe.expert_lr, weight_decay=0.0)
+        steps = recipe.expert_joint_steps
+        schedules.append(
+            torch.optim.lr_scheduler.OneCycleLR(
+                opt, max_lr=recipe.expert_lr, total_steps=steps, pct_start=0.1
+            )
+        )
+        vectors.append(tau)
+        optimizers.append(opt)
+        batches.append(_batches(encoded[skill], recipe, pad, rng))
+        others = [example for s in SKILLS if s != skill for example in encoded[s]]
+        anchors.append(_batches(others, recipe, pad, rng))
+
+    def run(weights: dict[str, Any], ids: Any, labels: Any = None) -> Any:
+        kwargs = {"input_ids": ids, "attention_mask": (ids != pad).long(), "labels": labels}
+        return functional_call(model, weights, args=(), kwargs=kwargs)
+
+    progress(f"training the experts side by side ({recipe.expert_joint_steps} steps each)")
+    for _ in range(recipe.expert_joint_steps):
+        for k in range(len(SKILLS)):
+            scale = rng.uniform(recipe.expert_scale_floor, 1.0)
+            others = {
+                j: rng.uniform(0.0, 1.0) if rng.random() < 0.5 else 0.0
+                for j in range(len(SKILLS))
+                if j != k
+            }
+            with torch.no_grad():
+                rest = {
+                    n: origin[n] + sum(c * vectors[j][n] for j, c in others.items()) for n in origin
+                }
+            weights = {n: rest[n] + scale * vectors[k][n] for n in origin}
+            loss = run(weights, *next(batches[k])).loss
+            if recipe.expert_anchor_weight:
+                ids, labels = next(anchors[k])
+                where = labels[:, 1:] != -100
+                with torch.no_grad():
+                    target = run(rest, ids).logits[:, :-1][where]
+                logits = run(weights, ids).logits[:, :-1][where]
+                loss = loss + recipe.expert_anchor_weight * F.kl_div(
+                    F.log_softmax(logits.float(), -1),
+                    F.log_softmax(target.float(), -1),
+                    log_target=True,
+                    reduction="batchmean",
+                )
+            optimizers[k].zero_grad()
+            loss.backward()
+            trained = [t for t in vectors[k].values() if t.requires_grad]
+            torch.nn.utils.clip_grad_norm_(trained, 1.0)
+            optimizers[k].step()
+            schedules[k].step()
+    for skill, tau in zip(SKILLS, vectors, strict=True):
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                p.copy_(origin[n] + tau[n])
+        _save(model, tokenizer, root / f"expert-{skill}")
 
 
 def _save(model: Any, tokenizer: Any, out: Path) -> None:

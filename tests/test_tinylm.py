@@ -242,4 +242,31 @@ def test_two_builds_in_separate_processes_with_other_thread_counts_give_the_same
         hashes.append(out.stdout.strip().splitlines()[-1])
         # off a terminal, each stage of the build is a line on stderr, the hash among them
         assert "building expert sql" in out.stderr and hashes[-1] in out.stderr
+        assert "training the experts side by side" in out.stderr
     assert hashes[0] == hashes[1] and len(hashes[0]) == 64
+
+
+def test_the_joint_round_changes_only_what_the_recipe_trains_and_only_the_experts(tmp_path):
+    from dataclasses import replace
+
+    from safetensors.torch import load_file
+
+    from cycleqd.tinylm import build
+
+    recipe = replace(TinyLMRecipe.micro(), expert_train="mlp")
+    solo = replace(recipe, expert_joint_steps=0)
+    base, experts = build(tmp_path / "joint", recipe)
+    base0, experts0 = build(tmp_path / "solo", solo)
+    weights = {p: load_file(p / "model.safetensors") for p in [base, base0]}
+    for name, tensor in weights[base].items():  # the same base either way
+        assert (tensor == weights[base0][name]).all(), name
+    changed = set()
+    for skill in SKILLS:
+        joint = load_file(experts[skill] / "model.safetensors")
+        alone = load_file(experts0[skill] / "model.safetensors")
+        for name, tensor in joint.items():
+            if ".mlp." not in name:  # what the recipe does not train stays the base's
+                assert (tensor == weights[base][name]).all(), name
+            elif not (tensor == alone[name]).all():
+                changed.add(skill)
+    assert changed == set(SKILLS)  # the round trained every expert
