@@ -290,7 +290,8 @@ def _train(
             ids, labels = next(batches)
             loss = forward(ids, labels=labels).loss
             if anchor is not None and anchors is not None:
-                loss = loss + anchor[2] * _anchor_kl(forward, anchor[0], *next(anchors), pad)
+                reference = functools.partial(_run, anchor[0], pad)
+                loss = loss + anchor[2] * _anchor_kl(forward, reference, *next(anchors))
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -300,17 +301,20 @@ def _train(
     model.eval()
 
 
-def _anchor_kl(forward: Any, reference: Any, ids: Any, labels: Any, pad: int) -> Any:
+def _run(model: Any, pad: int, ids: Any) -> Any:
+    return model(input_ids=ids, attention_mask=(ids != pad).long())
+
+
+def _anchor_kl(forward: Any, reference: Any, ids: Any, labels: Any) -> Any:
     """KL(reference ‖ model) of the next-token distributions where ``labels`` are set.
 
-    ``forward(ids)`` runs the model being trained.
+    ``forward(ids)`` runs the model being trained, ``reference(ids)`` the one it is held to.
     """
     import torch.nn.functional as F
 
     where = labels[:, 1:] != -100
     with torch.no_grad():
-        mask = (ids != pad).long()
-        target = reference(input_ids=ids, attention_mask=mask).logits[:, :-1][where]
+        target = reference(ids).logits[:, :-1][where]
     logits = forward(ids).logits[:, :-1][where]
     return F.kl_div(
         F.log_softmax(logits.float(), -1),
@@ -504,7 +508,6 @@ def train_jointly(root: Path, recipe: TinyLMRecipe) -> None:
     other task vectors add, as large models' fine-tunes do. Overwrites the experts under
     ``root``.
     """
-    import torch.nn.functional as F
     from torch.func import functional_call
     from transformers import AutoTokenizer, LlamaForCausalLM
 
@@ -565,17 +568,12 @@ def train_jointly(root: Path, recipe: TinyLMRecipe) -> None:
             weights = {n: rest[n] + scale * vectors[k][n] for n in origin}
             loss = run(weights, *next(batches[k])).loss
             if recipe.expert_anchor_weight:
-                ids, labels = next(anchors[k])
-                where = labels[:, 1:] != -100
-                with torch.no_grad():
-                    target = run(rest, ids).logits[:, :-1][where]
-                logits = run(weights, ids).logits[:, :-1][where]
-                loss = loss + recipe.expert_anchor_weight * F.kl_div(
-                    F.log_softmax(logits.float(), -1),
-                    F.log_softmax(target.float(), -1),
-                    log_target=True,
-                    reduction="batchmean",
+                kl = _anchor_kl(
+                    functools.partial(run, weights),
+                    functools.partial(run, rest),
+                    *next(anchors[k]),
                 )
+                loss = loss + recipe.expert_anchor_weight * kl
             optimizers[k].zero_grad()
             loss.backward()
             trained = [t for t in vectors[k].values() if t.requires_grad]
