@@ -47,7 +47,7 @@ __all__ = ["Evolver", "GenerationReport", "softmax"]
 SEARCH = "search"
 #: Softmax temperatures tried by ``final.method: validation`` (``0`` means the best elite alone).
 VALIDATION_TEMPERATURES = (1.0, 0.3, 0.1, 0.03, 0.0)
-#: Sizes of the uniform "soups" of the best-average elites that ``validation`` also tries:
+#: Sizes of the uniform "soups" of the elites with the best objectives that ``validation`` tries:
 #: averaging elites that are good at every task lowers the variance that choosing on val adds.
 SOUP_SIZES = (2, 3, 5, 8)
 
