@@ -179,3 +179,25 @@ def tiny_lm(tinylm_micro):
     model.tokenizer = transformers.AutoTokenizer.from_pretrained(base)
     model.cycleqd_path = str(base)
     return model.eval()
+
+
+def limit_to_children(evolver):
+    """Lift ``evolver``'s evaluation time limit while it seeds and reports.
+
+    A test's short limit is meant for the child it makes hang; the experts' first scoring (a
+    worker's imports and loads) and the report are honest work that a loaded machine may slow.
+    """
+    limit = evolver.evaluator.timeout_s
+
+    def unlimited(phase):
+        def call(*args, **kwargs):
+            evolver.evaluator.timeout_s = None
+            try:
+                return phase(*args, **kwargs)
+            finally:
+                evolver.evaluator.timeout_s = limit
+
+        return call
+
+    evolver.seed, evolver.finish = unlimited(evolver.seed), unlimited(evolver.finish)
+    return evolver
