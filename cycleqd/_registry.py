@@ -87,7 +87,7 @@ class Registry(Generic[T]):
             self._items[name] = entry_points[name].load()
             return self._items[name]
         if ":" in name or "." in name:
-            return self._import(name)
+            return self.import_path(name)
         known = self.names()
         close = difflib.get_close_matches(name, known, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
@@ -97,7 +97,12 @@ class Registry(Generic[T]):
             "entry-point group or a dotted path 'package.module:attribute'."
         )
 
-    def _import(self, path: str) -> T:
+    def import_path(self, path: str) -> T:
+        """The object a dotted path names: ``package.module:attribute`` or ``package.module.attr``.
+
+        Raises:
+            UnknownNameError: the path does not import; the message says how to write it.
+        """
         module_name, _, attr = path.partition(":") if ":" in path else path.rpartition(".")
         try:
             return getattr(importlib.import_module(module_name), attr)

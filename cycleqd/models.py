@@ -180,7 +180,7 @@ class PathsSource:
     def make_model(self) -> torch.nn.Module:
         """The base's architecture, from its ``config.json`` (no remote code)."""
         if self.model is not None:
-            factory: Callable[[], torch.nn.Module] = SOURCES._import(self.model)
+            factory: Callable[[], torch.nn.Module] = SOURCES.import_path(self.model)
             return factory()
         if not self.is_transformers:
             raise CycleQDError(

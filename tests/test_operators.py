@@ -331,3 +331,12 @@ def test_plugins_register_by_dotted_path_and_entry_point(tmp_path, monkeypatch, 
     by_entry_point = MUTATIONS.build("scale")(Genome.expert(space, 1), ctx)
     assert by_entry_point.coefficients[0].tolist() == [0.0, 2.0, 0.0]
     assert math.isclose(MUTATIONS.build("scale").factor, 2.0)
+
+
+def test_a_registry_imports_a_dotted_path_in_public_or_says_how_to_write_it():
+    from cycleqd.genome import Genome as G
+
+    assert MUTATIONS.import_path("cycleqd.genome:Genome") is G
+    assert MUTATIONS.import_path("cycleqd.genome.Genome") is G
+    with pytest.raises(UnknownNameError, match="does not import.*'package.module:attribute'"):
+        MUTATIONS.import_path("cycleqd.genome:NoSuchThing")

@@ -89,7 +89,7 @@ class LmEvalTasks:
         if isinstance(lm, str):
             from cycleqd.scorers import SCORERS
 
-            lm = SCORERS._import(lm)
+            lm = SCORERS.import_path(lm)
         self.lm = lm
         self._manager: Any = None
         self.last_results: dict[str, float] = {}
