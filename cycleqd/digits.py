@@ -209,6 +209,13 @@ class DigitsAccuracy:
         noise: the noisy domain's pixel noise (must match the source's).
     """
 
+    @staticmethod
+    def plan_shape(params: dict[str, object]) -> object:
+        """No generation: an MLP's forward pass (the planning hook of :mod:`cycleqd.scorers`)."""
+        from cycleqd.scorers import TaskShape
+
+        return TaskShape(problems=0, turns=0, prompt_tokens=0, new_tokens=0)
+
     def __init__(self, *, domain: str, noise: float = DigitsConfig.noise) -> None:
         if domain not in (*DOMAINS, "clean"):
             raise CycleQDError(f"unknown digits domain {domain!r}; use one of {', '.join(DOMAINS)}")

@@ -70,6 +70,14 @@ class LanguageRetention:
         batch_size: lm-eval batch size.
     """
 
+    @staticmethod
+    def plan_shape(params: dict[str, Any]) -> Any:
+        """What a scoring costs: its documents, read, not generated (the planning hook)."""
+        from cycleqd.scorers import TaskShape
+
+        documents = int(params.get("documents", 40))
+        return TaskShape(problems=documents, prompt_tokens=128, new_tokens=1)
+
     def __init__(self, *, documents: int = 40, max_length: int = 128, batch_size: int = 16) -> None:
         from cycleqd.tinylm import generic_text
 

@@ -33,14 +33,14 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cycleqd.errors import CycleQDError
-from cycleqd.weights import SVD_CHUNK
+from cycleqd.scorers import SCORERS, TaskShape
+from cycleqd.weights import SVD_CHUNK, svd_target_names
 
 __all__ = ["DEVICES", "Architecture", "Device", "Plan", "Workload", "architecture", "make_plan"]
 
@@ -256,73 +256,54 @@ class Workload:
         return self.problems * self.turns
 
 
-#: Per built-in scorer: (problems parameter, default problems, turns parameter, default turns,
-#: prompt tokens, default reply tokens). Prompt lengths are typical of the tasks' formats.
-_SHAPES: dict[str, tuple[str | None, int, str | None, int, int, int]] = {
-    "code_pass_at_1": (None, 164, None, 1, 400, 512),
-    "dbbench": (None, 100, "max_turns", 5, 700, 256),
-    "os_interaction": (None, 100, "max_turns", 8, 600, 256),
-    "lm_eval": (None, 1000, None, 1, 512, 1),
-    "skill_accuracy": ("problems", 100, None, 1, 24, 32),
-    "language_retention": ("documents", 40, None, 1, 128, 1),
-    "digits_accuracy": (None, 0, None, 0, 0, 0),
-}
-
-
-def _count(source: Any) -> int | None:
-    """Problems in a scorer's ``val`` data, read as the scorer reads it; ``None`` if absent."""
-    from cycleqd.scorers._common import read_records
-    from cycleqd.scorers.code import load_problems
-
-    if source == "humaneval":
-        return len(load_problems(source))
-    if isinstance(source, str) and Path(source).expanduser().is_file():
-        return len(read_records(source, what="cycleqd plan"))
-    return None
+def _shape(task: Any) -> TaskShape:
+    """The scorer's own account of a child's cost (its ``plan_shape`` hook), or a default."""
+    try:
+        factory = SCORERS.get(task.scorer)
+    except CycleQDError:
+        factory = None
+    hook = getattr(factory, "plan_shape", None)  # optional: see cycleqd.scorers
+    if hook is None:
+        return TaskShape(
+            problems=100,
+            assumed=[
+                f"scorer {task.scorer!r} has no plan_shape hook: 100 problems of 512 + 256 tokens"
+            ],
+        )
+    return hook(dict(task.params))
 
 
 def workload(task: Any) -> Workload:
-    """The generation one child costs on ``task`` (a :class:`cycleqd.config.TaskConfig`)."""
+    """The generation one child costs on ``task`` (a :class:`cycleqd.config.TaskConfig`).
+
+    The scorer says its shape (:class:`cycleqd.scorers.TaskShape`); the task's generation
+    parameters (``limit``, ``max_new_tokens``, ``backend``, ``backend_params``) bound it.
+    """
     params: Mapping[str, Any] = task.params
-    shape = _SHAPES.get(task.scorer)
-    assumed: list[str] = []
-    if shape is None:
-        shape = (None, 100, None, 1, 512, 256)
-        assumed.append("scorer unknown to the planner: 100 problems of 512 + 256 tokens")
-    count_key, problems, turns_key, turns, prompt, new = shape
-    if count_key and count_key in params:
-        problems = int(params[count_key])
-    elif task.scorer in ("code_pass_at_1", "dbbench", "os_interaction"):
-        counted = _count(params.get("val"))
-        if counted is None:
-            assumed.append(f"{problems} problems (val data not on this machine)")
-        else:
-            problems = counted
-    elif task.scorer == "lm_eval" and "limit" not in params:
-        assumed.append(f"{problems} documents per task (no limit set)")
+    shape = _shape(task)
+    problems, new = shape.problems, shape.new_tokens
     if params.get("limit"):
         problems = min(problems, int(params["limit"])) if problems else int(params["limit"])
-    if turns_key and turns_key in params:
-        turns = int(params[turns_key])
     new = int(params.get("max_new_tokens", new) or new)
     backend = params.get("backend", "transformers")
     backend_params = params.get("backend_params", {}) or {}
     batch = int(backend_params.get("batch_size", params.get("batch_size", 16)))
-    if task.scorer == "skill_accuracy":
-        batch = problems  # one decoding batch per split
+    if shape.one_batch:
+        batch = problems
     if backend == "vllm":  # continuous batching: every conversation at once, up to max_num_seqs
         batch = int(backend_params.get("max_num_seqs", 256))
+    prompt = shape.prompt_tokens
     return Workload(
         task=task.name,
         problems=problems,
-        turns=turns,
+        turns=shape.turns,
         prompt_tokens=int(backend_params.get("max_prompt_tokens", prompt) or prompt),
         new_tokens=new,
         batch=max(1, min(batch, problems or 1)),
         backend=str(backend),
         gpu_memory_utilization=float(backend_params.get("gpu_memory_utilization", 0.35)),
         engine=repr(sorted(backend_params.items())),
-        assumed=assumed,
+        assumed=list(shape.assumed),
     )
 
 
@@ -429,17 +410,15 @@ class Plan:
 
 
 def _svd_targets(arch: Architecture, mutation: Any) -> list[tuple[int, int]]:
+    """The shapes of the matrices ``mutation`` factors (the weight space's own rule)."""
     from cycleqd.weights import DEFAULT_SVD_EXCLUDE
 
-    include = mutation.params.get("include")
-    exclude = mutation.params.get("exclude", DEFAULT_SVD_EXCLUDE)
-    return [
-        s
-        for n, s in arch.matrices.items()
-        if min(s) > 1
-        and (include is None or re.search(include, n))
-        and not (exclude and re.search(exclude, n))
-    ]
+    names = svd_target_names(
+        arch.matrices,
+        mutation.params.get("include"),
+        mutation.params.get("exclude", DEFAULT_SVD_EXCLUDE),
+    )
+    return [arch.matrices[n] for n in names]
 
 
 def make_plan(config: Any, *, device: str = "h200", memory_gb: float | None = None) -> Plan:

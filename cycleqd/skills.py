@@ -546,6 +546,15 @@ class SkillAccuracy:
             or a search subset larger than val.
     """
 
+    @staticmethod
+    def plan_shape(params: dict[str, Any]) -> Any:
+        """What a child costs: its search split, decoded in one batch (the planning hook)."""
+        from cycleqd.scorers import TaskShape
+
+        val = int(params.get("problems", 300))
+        search = int(params.get("search_problems") or val)
+        return TaskShape(problems=search, prompt_tokens=24, new_tokens=32, one_batch=True)
+
     def __init__(
         self,
         *,

@@ -12,7 +12,7 @@ import hashlib
 import math
 import re
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from cycleqd.checkpoints import load_state_dict
 from cycleqd.errors import CycleQDError, ModelLoadError
 
-__all__ = ["Bank", "WeightSpace", "DEFAULT_SVD_EXCLUDE", "parse_dtype"]
+__all__ = ["Bank", "WeightSpace", "DEFAULT_SVD_EXCLUDE", "parse_dtype", "svd_target_names"]
 
 #: Matrices factored per ``torch.linalg.svd`` call (bounds the transient memory of a bank's SVD).
 SVD_CHUNK = 8
@@ -135,6 +135,24 @@ def _check_expert(
             f"expert {name!r} has tensor {extra!r} that the base lacks; "
             "every expert must be fine-tuned from the same base architecture"
         )
+
+
+def svd_target_names(
+    shapes: Mapping[str, Sequence[int]], include: str | None, exclude: str | None
+) -> list[str]:
+    """The tensors SVD mutation acts on, in ``shapes``' order.
+
+    Matrices (both sides > 1) whose names match ``include`` (``None``: all) and not ``exclude``.
+    :meth:`WeightSpace.svd_targets` and ``cycleqd plan`` (from shapes alone) both use it.
+    """
+    return [
+        n
+        for n, shape in shapes.items()
+        if len(shape) == 2
+        and min(shape) > 1
+        and (include is None or re.search(include, n))
+        and not (exclude and re.search(exclude, n))
+    ]
 
 
 class WeightSpace:
@@ -339,14 +357,7 @@ class WeightSpace:
 
         Names matching ``include`` (default: all) and not ``exclude``.
         """
-        return [
-            n
-            for n in self.tensor_names
-            if len(self.shapes[n]) == 2
-            and min(self.shapes[n]) > 1
-            and (include is None or re.search(include, n))
-            and not (exclude and re.search(exclude, n))
-        ]
+        return svd_target_names({n: self.shapes[n] for n in self.tensor_names}, include, exclude)
 
     # --- SVD factors of task vectors -----------------------------------------------------------
 

@@ -15,7 +15,7 @@ from cycleqd.cli import app
 from cycleqd.config import load_config
 from cycleqd.errors import CycleQDError
 from cycleqd.models import PathsSource, resolve_model
-from cycleqd.plan import GiB, architecture, make_plan
+from cycleqd.plan import GiB, architecture, make_plan, workload
 from cycleqd.weights import DEFAULT_SVD_EXCLUDE
 
 runner = CliRunner()
@@ -206,3 +206,40 @@ def test_hub_ids_resolve_through_the_local_cache(tmp_path, tiny_llama_dirs, monk
         architecture("acme/not-cached")
     with pytest.raises(CycleQDError, match="does not exist"):
         resolve_model(str(tmp_path / "no" / "such" / "dir"))
+
+
+def test_a_plug_in_scorer_is_planned_by_its_own_hook_or_an_announced_guess(
+    small_config, tmp_path, monkeypatch
+):
+    path, _ = small_config
+    (tmp_path / "my_scorers.py").write_text(
+        "from cycleqd.scorers import TaskShape\n"
+        "class Shaped:\n"
+        "    @staticmethod\n"
+        "    def plan_shape(params):\n"
+        "        return TaskShape(problems=params['n'], turns=3, prompt_tokens=6, new_tokens=2)\n"
+        "    def __init__(self, n):\n"
+        "        self.n = n\n"
+        "def unshaped(**params):\n"
+        "    return lambda model, split: 1.0\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    data = yaml.safe_load(path.read_text())
+    data["tasks"][0] = {"name": "code", "scorer": "my_scorers:Shaped", "params": {"n": 7}}
+    data["tasks"][1] = {"name": "sql", "scorer": "my_scorers:unshaped", "params": {}}
+    path.write_text(yaml.safe_dump(data))
+    shaped, unshaped = make_plan(load_config(path), device="h200").workloads
+    # the hook's shape: 7 conversations of 3 turns, a 6-token prompt and 2-token replies
+    assert (shaped.problems, shaped.turns, shaped.sequence) == (7, 3, 6 + 3 * 2 * 2 - 2)
+    assert shaped.assumed == []
+    assert (unshaped.problems, unshaped.prompt_tokens, unshaped.new_tokens) == (100, 512, 256)
+    assert unshaped.assumed == [
+        "scorer 'my_scorers:unshaped' has no plan_shape hook: 100 problems of 512 + 256 tokens"
+    ]
+
+
+def test_the_skill_scorers_shape_is_a_child_on_the_search_split():
+    cfg = load_config(REPO / "experiments" / "quickstart.yaml")
+    for task in cfg.tasks:  # 80 search requests each, in one decoding batch
+        shape = workload(task)
+        assert (shape.problems, shape.batch, shape.turns, shape.assumed) == (80, 80, 1, [])

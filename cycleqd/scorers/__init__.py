@@ -23,6 +23,12 @@ paired differences between methods.
 Third-party packages register scorers through the ``cycleqd.scorers`` entry-point group, or a config
 names one by dotted path (``my_package.scoring:MyScorer``).
 
+Planning hook: ``cycleqd plan`` sizes a run without building its scorers. A factory (class or
+function) may carry ``plan_shape(params) -> TaskShape``, given the task's ``params`` from the
+config: how many val problems one child is scored on, the turns of a conversation and the
+tokens of a prompt and a reply. Without it the planner assumes 100 problems of 512 + 256 tokens
+and says so.
+
 Public names:
     SCORERS: the registry. Built-ins: ``digits_accuracy``, ``skill_accuracy`` and
         ``language_retention`` (the embedded suite); for real models (any Hugging Face causal LM,
@@ -35,13 +41,32 @@ Public names:
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
 
 from cycleqd._registry import Registry
 
-__all__ = ["SCORERS", "Scorer", "scorer_split"]
+__all__ = ["SCORERS", "Scorer", "TaskShape", "scorer_split"]
+
+
+@dataclass
+class TaskShape:
+    """What one child costs a scorer, as ``plan_shape(params)`` tells ``cycleqd plan``.
+
+    ``problems``: val problems (conversations) per child; ``turns``: replies per conversation;
+    ``prompt_tokens`` / ``new_tokens``: a prompt's and a reply's length; ``one_batch``: every
+    problem decodes in one batch (else the backend's batch size); ``assumed``: what the shape
+    had to guess (data not on this machine, no limit set), printed with the plan.
+    """
+
+    problems: int
+    turns: int = 1
+    prompt_tokens: int = 512
+    new_tokens: int = 256
+    one_batch: bool = False
+    assumed: list[str] = field(default_factory=list)
 
 
 class Scorer(Protocol):

@@ -127,3 +127,39 @@ def check_split(split: str, what: str) -> None:
     """Raise a clear error for a split other than val and test."""
     if split not in SPLITS:
         raise CycleQDError(f"{what}: unknown split {split!r}; use val or test")
+
+
+def data_shape(
+    params: Any,
+    problems: int,
+    *,
+    turns: int = 1,
+    turns_param: str | None = None,
+    prompt_tokens: int,
+    new_tokens: int,
+    count: Any = None,
+) -> Any:
+    """The planner's shape of a scorer that reads its problems from ``params["val"]``.
+
+    ``count(source)``: how many problems the val data holds (``None``: not on this machine);
+    default: the records of a data file. ``problems`` is assumed where it cannot count.
+    """
+    from cycleqd.scorers import TaskShape
+
+    source = params.get("val")
+    counted = (count or count_records)(source)
+    assumed = [] if counted is not None else [f"{problems} problems (val data not on this machine)"]
+    return TaskShape(
+        problems=problems if counted is None else counted,
+        turns=int(params.get(turns_param, turns)) if turns_param else turns,
+        prompt_tokens=prompt_tokens,
+        new_tokens=new_tokens,
+        assumed=assumed,
+    )
+
+
+def count_records(source: Any) -> int | None:
+    """The records of a data file, ``None`` when ``source`` is not a file on this machine."""
+    if isinstance(source, str) and Path(source).expanduser().is_file():
+        return len(read_records(source, what="cycleqd plan"))
+    return None

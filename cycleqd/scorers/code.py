@@ -35,6 +35,8 @@ from cycleqd.scorers._common import (
     GenerationSettings,
     check_split,
     code_block,
+    count_records,
+    data_shape,
     read_records,
     require,
 )
@@ -279,6 +281,15 @@ class CodePassAt1:
         check_gold: run each split's gold solutions once before the first score.
         on_gold_failure: ``error`` (default) or ``drop`` the problems whose gold fails.
     """
+
+    @staticmethod
+    def plan_shape(params: dict[str, Any]) -> Any:
+        """What a child costs (the planning hook of :mod:`cycleqd.scorers`)."""
+
+        def count(source: Any) -> int | None:
+            return len(load_problems(source)) if source == "humaneval" else count_records(source)
+
+        return data_shape(params, 164, prompt_tokens=400, new_tokens=512, count=count)
 
     def __init__(
         self,

@@ -58,7 +58,13 @@ from typing import Any
 
 from cycleqd.errors import CycleQDError
 from cycleqd.sandbox import Limits, SandboxResult
-from cycleqd.scorers._common import GenerationSettings, check_split, code_block, read_records
+from cycleqd.scorers._common import (
+    GenerationSettings,
+    check_split,
+    code_block,
+    data_shape,
+    read_records,
+)
 
 __all__ = [
     "DBBench",
@@ -492,6 +498,13 @@ class DBBench:
         max_rows: the rows of a result the model sees (``multi``).
         timeout_s: a statement's time limit in the sandbox.
     """
+
+    @staticmethod
+    def plan_shape(params: dict[str, Any]) -> Any:
+        """What a child costs (the planning hook of :mod:`cycleqd.scorers`)."""
+        return data_shape(
+            params, 100, turns=5, turns_param="max_turns", prompt_tokens=700, new_tokens=256
+        )
 
     def __init__(
         self,

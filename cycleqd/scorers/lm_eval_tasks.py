@@ -50,6 +50,15 @@ class LmEvalTasks:
             the resident model (a dotted path in a config).
     """
 
+    @staticmethod
+    def plan_shape(params: dict[str, Any]) -> Any:
+        """What a child costs (the planning hook of :mod:`cycleqd.scorers`)."""
+        from cycleqd.scorers import TaskShape
+
+        limited = bool(params.get("limit"))
+        assumed = [] if limited else ["1000 documents per task (no limit set)"]
+        return TaskShape(problems=1000, prompt_tokens=512, new_tokens=1, assumed=assumed)
+
     def __init__(
         self,
         *,

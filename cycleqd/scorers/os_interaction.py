@@ -76,6 +76,7 @@ from cycleqd.scorers._common import (
     GenerationSettings,
     check_split,
     code_block,
+    data_shape,
     read_records,
     require,
 )
@@ -450,6 +451,13 @@ class OSInteraction:
     Raises:
         CycleQDError: a bad parameter or data file (named, with the fix); bash missing.
     """
+
+    @staticmethod
+    def plan_shape(params: dict[str, Any]) -> Any:
+        """What a child costs (the planning hook of :mod:`cycleqd.scorers`)."""
+        return data_shape(
+            params, 100, turns=8, turns_param="max_turns", prompt_tokens=600, new_tokens=256
+        )
 
     def __init__(
         self,
