@@ -51,10 +51,11 @@ import numpy as np
 import torch
 
 from cycleqd._io import atomic_write_json, atomic_write_text
+from cycleqd.choice import Chooser, task_arithmetic_grid, ties_grid
 from cycleqd.config import ConfigError, RunConfig
 from cycleqd.evolver import SOUP_SIZES, VALIDATION_TEMPERATURES, Evolver
 from cycleqd.genome import Genome
-from cycleqd.stats import interval, objective_value, resampled_columns, retention
+from cycleqd.stats import interval, resampled_columns, retention
 
 __all__ = ["ABLATIONS", "compare", "evaluation_budget", "methods_of"]
 
@@ -140,24 +141,8 @@ class _Context:
         self.report = LocalEvaluator(
             self.space, self.source, self.extra, materializer=self.val.materializer
         )
-        self.evaluations = 0
-        self._experts: dict[str, float] | None = None
-
-    def expert_val_scores(self) -> dict[str, float]:
-        """Each expert's val score on its own task (for ``retention``), once per build."""
-        if self._experts is None:
-            experts = [Genome.expert(self.space, k) for k in range(len(self.cfg.tasks))]
-            scores = self.val.evaluate(experts, "val").scores
-            self._experts = {t: float(scores[k, k]) for k, t in enumerate(self.cfg.task_names)}
-        return self._experts
-
-    def objective(self, genome: Genome, split: str = "val") -> tuple[float, ...]:
-        """``genome``'s ``final.objective`` key on ``split`` (one evaluation)."""
-        experts = self.expert_val_scores()
-        self.evaluations += 1
-        row = self.val.evaluate([genome], split).scores[0]
-        scores = dict(zip(self.cfg.task_names, row.tolist(), strict=True))
-        return objective_value(self.cfg.final.objective, scores, experts)
+        # every method chooses on val by the run's objective, as the run's final choice does
+        self.chooser = Chooser(self.val, self.space, cfg.task_names, cfg.final.objective)
 
     def test_row(
         self, genome: Genome, val: Any = None, report: Any = None
@@ -169,11 +154,6 @@ class _Context:
             extra = (report or self.report).evaluate([genome], "test").scores[0]
             out |= dict(zip(self.extra, map(float, extra), strict=True))
         return out, {t: list(v) for t, v in result.items[0].items()}
-
-    def best_on_val(self, candidates: dict[Any, Genome]) -> tuple[Any, Genome]:
-        scored = [(self.objective(g), -i, key) for i, (key, g) in enumerate(candidates.items())]
-        key = max(scored)[2]
-        return key, candidates[key]
 
     def gaussian_std(self) -> float:
         """``rate / 2`` × the task vectors' RMS: the expected size of ``svd_expert``'s step."""
@@ -209,52 +189,53 @@ def _context(seed: int) -> _Context:
     return _CONTEXTS[build]
 
 
+def _static(ctx: _Context, genome: Genome) -> tuple[Any, dict[str, Any]]:
+    return ctx.test_row(genome), {}
+
+
+def _task_arithmetic(ctx: _Context, seed: int) -> tuple[Any, dict[str, Any]]:
+    grid = task_arithmetic_grid(ctx.space, ctx.cfg.final.lambdas)
+    lam, _ = ctx.chooser.best(grid)
+    return ctx.test_row(grid[lam]), {"lambda": lam}
+
+
+def _ties(method: str) -> Callable[[_Context, int], tuple[Any, dict[str, Any]]]:
+    def run(ctx: _Context, seed: int) -> tuple[Any, dict[str, Any]]:
+        densities = ctx.cfg.final.ties_densities or [0.2, 0.4, 0.6, 0.8, 1.0]
+        grid = ties_grid(ctx.space, densities, method, seed)
+        density, _ = ctx.chooser.best(grid)
+        return ctx.test_row(grid[density]), {"density": density}
+
+    return run
+
+
+def _method(name: str) -> Callable[[_Context, int], tuple[Any, dict[str, Any]]]:
+    """The function that runs method ``name`` at a seed: ``(test row, info)``."""
+    if name == "base":
+        return lambda ctx, seed: _static(ctx, Genome.base(ctx.space))
+    if name.startswith("expert_"):
+        task = name.removeprefix("expert_")
+        return lambda ctx, seed: _static(
+            ctx, Genome.expert(ctx.space, ctx.cfg.task_names.index(task))
+        )
+    if name in METHODS:
+        return METHODS[name]
+    return lambda ctx, seed: _evolve(ctx, name, seed)  # CycleQD and its ablations
+
+
 def _cell(method: str, seed: int) -> dict[str, Any]:
     """Run one method at one seed; returns its record (also written to ``cells/``)."""
     ctx = _context(seed)
     start = time.perf_counter()
-    ctx.evaluations = 0
-    info: dict[str, Any] = {}
-    experts = [Genome.expert(ctx.space, k) for k in range(len(ctx.cfg.tasks))]
-    K = len(experts)
-    if method == "base":
-        row = ctx.test_row(Genome.base(ctx.space))
-    elif method.startswith("expert_"):
-        row = ctx.test_row(experts[ctx.cfg.task_names.index(method.removeprefix("expert_"))])
-    elif method == "task_arithmetic":
-        grid = {
-            lam: Genome.linear(ctx.space, torch.full((K,), lam)) for lam in ctx.cfg.final.lambdas
-        }
-        info["lambda"], genome = ctx.best_on_val(grid)
-        row = ctx.test_row(genome)
-    elif method in ("ties", "dare_ties"):
-        densities = ctx.cfg.final.ties_densities or [0.2, 0.4, 0.6, 0.8, 1.0]
-        grid = {
-            d: Genome.merged(
-                method,
-                experts,
-                parameters={"density": d},
-                weights=torch.ones(K, experts[0].num_tensors),
-                seed=seed,
-                op=f"{method}_baseline",
-            )
-            for d in densities
-        }
-        info["density"], genome = ctx.best_on_val(grid)
-        row = ctx.test_row(genome)
-    elif method == "cma_es":
-        row, info = _cma_es(ctx, seed)
-    elif method == "multitask_finetune":
-        row, info = _finetune(ctx, seed)
-    else:
-        row, info = _evolve(ctx, method, seed)
+    judged = ctx.chooser.evaluations
+    row, info = _method(method)(ctx, seed)
     test, items = row
     record = {
         "method": method,
         "seed": seed,
         "test": test,
         "items": items,
-        "val_evaluations": ctx.evaluations,
+        "val_evaluations": info.pop("val_evaluations", ctx.chooser.evaluations - judged),
         "seconds": round(time.perf_counter() - start, 1),
         **info,
     }
@@ -274,14 +255,16 @@ def _cma_es(ctx: _Context, seed: int) -> tuple[Any, dict[str, Any]]:
     )
     best: tuple[float, ...] = (float("-inf"),)
     best_x = np.full(K, 0.5)
-    ctx.expert_val_scores()
-    ctx.evaluations += K  # CycleQD's budget counts the experts' val scores too
-    while ctx.evaluations < budget:
-        xs = es.ask()[: budget - ctx.evaluations]
+    ctx.chooser.expert_val_scores()
+    used = K  # CycleQD's budget counts the experts' val scores too
+    while used < budget:
+        xs = es.ask()[: budget - used]
         losses = []
         for x in xs:
             # the same split as CycleQD's children, the same objective as every choice
-            key = ctx.objective(Genome.linear(ctx.space, torch.tensor(x).float()), "search")
+            genome = Genome.linear(ctx.space, torch.tensor(x).float())
+            key = ctx.chooser.judge([genome], "search")[0][0]
+            used += 1
             # CMA-ES minimises one number: the objective's first value, then its tie-break
             losses.append(-(key[0] + 1e-3 * key[-1]) if math.isfinite(key[0]) else 1.0)
             if key > best:
@@ -290,7 +273,8 @@ def _cma_es(ctx: _Context, seed: int) -> tuple[Any, dict[str, Any]]:
             break
         es.tell(xs, losses)
     genome = Genome.linear(ctx.space, torch.tensor(best_x).float())
-    return ctx.test_row(genome), {"coefficients": best_x.tolist(), "search_objective": list(best)}
+    info = {"coefficients": best_x.tolist(), "search_objective": list(best)}
+    return ctx.test_row(genome), info | {"val_evaluations": used}
 
 
 def _finetune(ctx: _Context, seed: int) -> tuple[Any, dict[str, Any]]:
@@ -322,14 +306,24 @@ def _evolve(ctx: _Context, method: str, seed: int) -> tuple[Any, dict[str, Any]]
     evolver.evolve(resume=True)
     final, info = evolver.final_genome()
     evolver.store.write_json("final.json", info)
-    ctx.evaluations = info["evaluations"]
     report = LocalEvaluator(
         evolver.space, evolver.source, ctx.extra, materializer=evolver.materializer
     )
     row = ctx.test_row(final, evolver.evaluator, report)
     evolver.close()
     keep = ("pool", "temperature", "val_average", "val_objective")
-    return row, {"final": {k: info.get(k) for k in keep}, "run": str(root)}
+    out = {"final": {k: info.get(k) for k in keep}, "run": str(root)}
+    return row, out | {"val_evaluations": info["evaluations"]}
+
+
+#: The methods that are neither a single model nor an evolution: name → ``run(ctx, seed)``.
+METHODS: dict[str, Callable[[_Context, int], tuple[Any, dict[str, Any]]]] = {
+    "task_arithmetic": _task_arithmetic,
+    "ties": _ties("ties"),
+    "dare_ties": _ties("dare_ties"),
+    "cma_es": _cma_es,
+    "multitask_finetune": _finetune,
+}
 
 
 def _once(cfg: RunConfig, method: str) -> bool:

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from cycleqd.archive import Archives, derive_ranges
+from cycleqd.choice import Chooser, task_arithmetic_grid, ties_grid
 from cycleqd.config import ConfigError, RunConfig
 from cycleqd.errors import CycleQDError
 from cycleqd.evaluator import Evaluator, LocalEvaluator, Outcome
@@ -130,8 +131,9 @@ class Evolver:
         self.archives: Archives | None = None
         self.generation = 0
         self.evaluations = 0
+        # the final choice and the baselines' sweeps (on val, by final.objective)
+        self.chooser = Chooser(self.evaluator, self.space, self.tasks, config.final.objective)
         self.expert_scores: list[list[float]] = []
-        self._expert_val: dict[str, float] | None = None
         self.steady = e.steady
         self.dispatched = 0  # steady schedule: children made
         self.completed = 0  # steady schedule: children back (or failed)
@@ -432,32 +434,6 @@ class Evolver:
 
     # --- the final model and the report -------------------------------------------------------
 
-    def expert_val_scores(self) -> dict[str, float]:
-        """Each expert's val score on its own task (what ``retention`` divides by), once."""
-        if self._expert_val is None:
-            experts = [Genome.expert(self.space, k) for k in range(len(self.tasks))]
-            scores = self.evaluator.evaluate(experts, "val").scores
-            self.evaluations += len(experts)
-            self._expert_val = {t: float(scores[k, k]) for k, t in enumerate(self.tasks)}
-        return self._expert_val
-
-    def judge(self, genomes: list[Genome]) -> list[tuple[tuple[float, ...], list[float]]]:
-        """Each genome's val scores and its ``final.objective`` key (larger is better)."""
-        experts = self.expert_val_scores()
-        result = self.evaluator.evaluate(genomes, "val")
-        self.evaluations += len(genomes)
-        out = []
-        for row in result.scores:
-            scores = dict(zip(self.tasks, row.tolist(), strict=True))
-            out.append((objective_value(self.cfg.final.objective, scores, experts), row.tolist()))
-        return out
-
-    def best_on_val(self, candidates: dict[Any, Genome]) -> tuple[Any, tuple[float, ...]]:
-        """The key of the candidate that maximises ``final.objective`` on val (first on ties)."""
-        judged = self.judge(list(candidates.values()))
-        i = max(range(len(judged)), key=lambda j: (judged[j][0], -j))
-        return list(candidates)[i], judged[i][0]
-
     def _elite_objectives(self, k: int) -> dict[int, tuple[float, ...]]:
         """Archive ``k``'s elites and their ``final.objective`` keys on the search split.
 
@@ -550,19 +526,20 @@ class Evolver:
                         "elites": [p.id for p in parents],
                     }
                 )
-        searched = self.evaluations
+        before = self.chooser.evaluations + self.chooser.expert_evaluations
         if len(candidates) > 1:
             progress(
                 f"final model: {len(candidates)} candidates on val ({self.cfg.final.objective})"
             )
-            judged = self.judge([c["genome"] for c in candidates])
+            judged = self.chooser.judge([c["genome"] for c in candidates])
             for candidate, (key, scores) in zip(candidates, judged, strict=True):
                 candidate["val_objective"], candidate["val_scores"] = list(key), scores
                 candidate["val_average"] = float(np.mean(scores))
         chosen = max(candidates, key=lambda c: c.get("val_objective", [0.0]))
-        # what the CycleQD model cost: seeds, children and this choice (the evolution's own
-        # count stays seeds and children)
-        total, self.evaluations = self.evaluations, searched
+        # what the CycleQD model cost: seeds, children and this choice (the experts' val scores
+        # included; the evolution's own count stays seeds and children)
+        chosen_by = self.chooser.evaluations + self.chooser.expert_evaluations - before
+        total = self.evaluations + chosen_by
         info = {
             "evaluations": total,
             "method": self.cfg.final.method,
@@ -574,38 +551,21 @@ class Evolver:
         }
         return chosen["genome"], info
 
-    def _ties(self, density: float) -> Genome:
-        """The TIES baseline: mergekit's ``ties`` over the experts, each weighted 1."""
-        experts = [Genome.expert(self.space, k) for k in range(len(self.tasks))]
-        return Genome.merged(
-            "ties",
-            experts,
-            parameters={"density": density},
-            weights=torch.ones(len(experts), experts[0].num_tensors),
-            op="ties_baseline",
-        )
-
     def finish(self) -> dict[str, Any]:
         """Choose the final model and baselines on val; score everything on test; write files."""
         final, info = self.final_genome()
-        searched = self.evaluations
-        K = len(self.tasks)
-        lambdas = {
-            lam: Genome.linear(self.space, torch.full((K,), float(lam)))
-            for lam in self.cfg.final.lambdas
-        }
-        best_lambda, _ = self.best_on_val(lambdas)
+        lambdas = task_arithmetic_grid(self.space, self.cfg.final.lambdas)
+        best_lambda, _ = self.chooser.best(lambdas)
         info["task_arithmetic_lambda"] = best_lambda
         methods = {"base": Genome.base(self.space)}
         methods |= {f"expert_{t}": Genome.expert(self.space, k) for k, t in enumerate(self.tasks)}
         methods["task_arithmetic_best"] = lambdas[best_lambda]
         if self.cfg.final.ties_densities:
-            ties = {d: self._ties(d) for d in self.cfg.final.ties_densities}
-            density, _ = self.best_on_val(ties)
+            ties = ties_grid(self.space, self.cfg.final.ties_densities)
+            density, _ = self.chooser.best(ties)
             info["ties_density"] = density
             methods["ties"] = ties[density]
         methods["cycleqd_final"] = final
-        self.evaluations = searched  # the baselines' sweeps are not CycleQD's cost
         progress(f"report: scoring {len(methods)} models on the test split")
         result = self.evaluator.evaluate(list(methods.values()), "test")
         rows = {

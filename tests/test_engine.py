@@ -137,7 +137,7 @@ def test_validation_final_is_the_best_candidate_on_val_soups_included(
     assert {"best_quality", "best_objective", "soup_2", "soup_3"} <= pools
     best = max(c["val_objective"] for c in info["candidates"])
     assert info["val_objective"] == best
-    experts = evolver.expert_val_scores()
+    experts = evolver.chooser.expert_val_scores()
     for c in info["candidates"]:
         scores = dict(zip(cfg.task_names, c["val_scores"], strict=True))
         average = float(np.mean(c["val_scores"]))
@@ -169,7 +169,7 @@ def test_validation_final_is_the_best_candidate_on_val_soups_included(
             keys[int(e)] = objective_value(objective, scores, searched)
     assert keys[ranked[0][0]] == max(keys.values()) and set(keys) == set(dict(ranked))
     top3 = Genome.weighted_sum([evolver.genome(e) for e, _ in ranked[:3]], torch.full((3,), 1 / 3))
-    assert np.mean(evolver.judge([top3])[0][1]) == pytest.approx(soup["val_average"])
+    assert np.mean(evolver.chooser.judge([top3])[0][1]) == pytest.approx(soup["val_average"])
 
 
 STEADY = ["evaluation.schedule=steady", "evaluation.in_flight=3", "evaluation.ordered=true"]
