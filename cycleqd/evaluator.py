@@ -71,9 +71,25 @@ class Outcome:
 
 
 class Evaluator(Protocol):
-    """Scores genomes on every task."""
+    """Scores genomes on every task: what the evolver, ``compare`` and the CLI use of one.
+
+    ``materializer``: the materialiser holding the weights in this process, which the loop
+    shares (mutations read it); ``None`` for an evaluator whose weights live elsewhere (Ray).
+    ``nodes``: where the workers run, logged at each start or resume (``None``: this process).
+    ``bytes_per_candidate``: mean bytes sent per candidate, logged per generation (``None``:
+    nothing is sent).
+    """
 
     tasks: list[str]
+    materializer: Materializer | None
+    nodes: list[str] | None
+
+    @property
+    def bytes_per_candidate(self) -> float | None:
+        """Mean bytes sent per candidate; ``None`` when candidates are not sent anywhere."""
+
+    def drain_retries(self) -> list[str]:
+        """The messages of the retries since the last call (logged as events); may be empty."""
 
     def evaluate(self, genomes: Sequence[Genome], split: str = "val") -> Evaluation:
         """Scores of ``genomes`` on every task's ``split``."""
@@ -116,6 +132,7 @@ class LocalEvaluator:
         self.scorers = dict(scorers)
         self.timeout_s = timeout_s
         self.materializer = materializer or Materializer(space)
+        self.nodes: list[str] | None = None  # scored here
         self.model = load_into(source.make_model(), self.materializer.state_dict)
         self.model.to(space.device)
         self._queue: list[tuple[int, Genome, str]] = []
@@ -168,6 +185,15 @@ class LocalEvaluator:
         ticket, genome, split = self._queue.pop(0)
         result = self.evaluate([genome], split)
         return [Outcome(ticket, result.scores[0], result.errors[0], result.items[0])]
+
+    @property
+    def bytes_per_candidate(self) -> float | None:
+        """``None``: candidates are scored here, nothing is sent."""
+        return None
+
+    def drain_retries(self) -> list[str]:
+        """No retries in-process: a failure fails its candidate."""
+        return []
 
     def close(self) -> None:
         """Nothing to release in-process."""

@@ -118,9 +118,7 @@ class Evolver:
         self.evaluator = evaluator or LocalEvaluator(
             self.space, self.source, scorers, timeout_s=e.timeout_s
         )
-        self.materializer: Materializer = getattr(self.evaluator, "materializer", None) or (
-            Materializer(self.space)
-        )
+        self.materializer: Materializer = self.evaluator.materializer or Materializer(self.space)
         evo = config.evolution
         self.selection = SELECTIONS.build(evo.selection.name, **evo.selection.params)
         self.crossover = CROSSOVERS.build(evo.crossover.name, **evo.crossover.params)
@@ -362,7 +360,7 @@ class Evolver:
         """Log retries and metrics, advance the generation, checkpoint, report progress."""
         assert self.archives is not None
         g = self.generation
-        for reason in getattr(self.evaluator, "drain_retries", list)():
+        for reason in self.evaluator.drain_retries():
             self.store.append("events.jsonl", {"event": "retry", "generation": g, "reason": reason})
         stats = self.archives.stats()
         metrics = {
@@ -371,7 +369,7 @@ class Evolver:
             "evaluations": self.evaluations,
             "archives": stats,
         }
-        if hasattr(self.evaluator, "bytes_per_candidate"):  # what a distributed evaluator sends
+        if self.evaluator.bytes_per_candidate is not None:  # what a distributed evaluator sends
             metrics["bytes_per_candidate"] = self.evaluator.bytes_per_candidate
         self.store.append("metrics.jsonl", metrics)
         self.generation += 1
@@ -413,7 +411,7 @@ class Evolver:
             self._restore(state)
         else:
             self.seed()
-        nodes = getattr(self.evaluator, "nodes", None)
+        nodes = self.evaluator.nodes
         if nodes is not None:  # where the workers run (Ray): one event per start or resume
             self.store.append("events.jsonl", {"event": "workers", "nodes": nodes})
         if self.steady:

@@ -421,6 +421,150 @@ def _svd_targets(arch: Architecture, mutation: Any) -> list[tuple[int, int]]:
     return [arch.matrices[n] for n in names]
 
 
+def _budget(
+    config: Any, device: str, memory_gb: float | None, workers: int, notes: list[str]
+) -> tuple[Device, float, bool]:
+    """The device a worker plans for, its memory budget in bytes, and whether it is the CPU."""
+    on_cpu = not str(config.models.device).startswith("cuda")
+    spec = DEVICES["cpu" if on_cpu else device]
+    evaluation = config.evaluation
+    if memory_gb is not None:
+        return spec, memory_gb * 1e9, on_cpu
+    if on_cpu:
+        notes.append(f"models.device is {config.models.device}: planned for host memory")
+        pages = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        return spec, pages / workers, on_cpu
+    share = evaluation.gpus_per_worker if evaluation.backend == "ray" else 1.0
+    if share == 0:
+        share = 1.0
+        notes.append("evaluation.gpus_per_worker is 0: planned for one device per worker")
+    if share > 1:
+        notes.append(
+            f"gpus_per_worker={share:g}: a worker keeps its weights on one device; the "
+            "plan counts one device"
+        )
+    budget = spec.memory * min(share, 1.0)
+    return Device(spec.name, budget, spec.bandwidth, spec.flops, spec.flops32), budget, on_cpu
+
+
+def _rank(m: int, n: int, rank: int | None) -> int:
+    return min(m, n) if rank is None else min(rank, m, n)
+
+
+def _weights_memory(
+    arch: Architecture, k: int, b: int, mutation: Any, targets: list[tuple[int, int]]
+) -> tuple[dict[str, float], dict[str, float]]:
+    """A worker's weights, and the transients of materialising a child.
+
+    The weights: base, task vectors, resident model, SVD cache, materialiser workspace.
+    """
+    p = arch.parameters
+    memory: dict[str, float] = {"base": p * b, "task vectors": k * p * b, "resident model": p * b}
+    rank = mutation.params.get("rank")
+    if mutation.name == "svd_expert":
+        floats = sum((m + n) * _rank(m, n, rank) + _rank(m, n, rank) for m, n in targets)
+        memory["svd cache"] = k * floats * 4
+    # banks: every floating tensor of one shape, stacked (cycleqd.weights)
+    banks: dict[tuple[int, ...], int] = {}
+    for shape in arch.shapes.values():
+        banks[shape] = banks.get(shape, 0) + 1
+    if mutation.name in ("svd_expert", "svd_child", "gaussian") and banks:
+        # a float32 accumulator the size of the largest bank (cycleqd.materialize)
+        memory["materialiser workspace"] = max(math.prod(s) * n for s, n in banks.items()) * 4
+    transient: dict[str, float] = {}
+    if mutation.name == "svd_expert" and targets:
+        # each worker factors the task vectors at its first child, SVD_CHUNK matrices of a bank
+        # at a time: the gathered rows (storage dtype and float32), the thin SVD's U and V
+        counts: dict[tuple[int, int], int] = {}
+        for shape in targets:
+            counts[shape] = counts.get(shape, 0) + 1
+        transient["svd at the first child"] = max(
+            min(n, SVD_CHUNK) * (m * c * (b + 4) + (m + c + 1) * min(m, c) * 4)
+            for (m, c), n in counts.items()
+        )
+        # replaying a child's spectral terms stacks a bank's U and V and scales a copy of U
+        transient["spectral terms of a child"] = max(
+            n * (2 * m + c) * _rank(m, c, rank) * 4 for (m, c), n in counts.items()
+        )
+    return memory, transient
+
+
+def _generation_memory(
+    arch: Architecture,
+    generating: list[Workload],
+    b: int,
+    spec: Device,
+    budget: float,
+    on_cpu: bool,
+    notes: list[str],
+    blockers: list[str],
+) -> dict[str, float]:
+    """The KV cache, activations and vLLM engines of the tasks' generation.
+
+    A vLLM task's batch becomes what its engine's share holds.
+    """
+    memory: dict[str, float] = {}
+    per_token = arch.layers * 2 * arch.kv_heads * arch.head_dim * b  # KV bytes per token
+    hf = [w for w in generating if w.backend != "vllm"]
+    if hf and arch.layers:
+        tokens = max(w.batch * min(w.sequence, arch.context or w.sequence) for w in hf)
+        memory["kv cache"] = tokens * per_token
+        # the prefill of the longest context, one layer at a time, and the last position's logits
+        logits = max(w.batch for w in hf) * arch.vocab * 4
+        memory["activations"] = tokens * (4 * arch.hidden + 2 * arch.intermediate) * b + logits
+    for w in generating:
+        if w.backend == "vllm" and per_token and not on_cpu:
+            # the engine's KV cache is its share of the device less its copy of the weights:
+            # sequences beyond it wait (vLLM preempts), so the batch is what fits
+            room = w.gpu_memory_utilization * spec.memory - arch.parameters * b
+            w.batch = max(0, min(w.batch, int(room // (w.sequence * per_token))))
+            if w.batch == 0:
+                blockers.append(
+                    f"{w.task}: the vLLM engine's share ({w.gpu_memory_utilization:g} of the "
+                    "device) cannot hold the weights and one sequence: raise "
+                    "backend_params.gpu_memory_utilization"
+                )
+                w.batch = 1
+    engines = {w.engine: w.gpu_memory_utilization for w in generating if w.backend == "vllm"}
+    if engines:
+        # tasks with the same backend_params share one engine per worker; others add their own
+        memory["vllm engine"] = sum(engines.values()) * (spec.memory if not on_cpu else budget)
+        if len(engines) > 1:
+            notes.append(
+                f"{len(engines)} vLLM engines per worker: give every task the same "
+                "backend_params to share one"
+            )
+    return memory
+
+
+def _child_seconds(
+    arch: Architecture,
+    k: int,
+    b: int,
+    spec: Device,
+    mutation: Any,
+    targets: list[tuple[int, int]],
+    generating: list[Workload],
+) -> dict[str, float]:
+    """The estimated seconds of one child: materialise, mutation, each task's generation."""
+    p = arch.parameters
+    seconds = {"materialise": (k + 2) * p * b / spec.bandwidth}
+    if mutation.name in ("svd_expert", "svd_child"):
+        rank = mutation.params.get("rank") or (16 if mutation.name == "svd_child" else None)
+        flops = sum(2 * m * n * _rank(m, n, rank) for m, n in targets)
+        if mutation.name == "svd_child":
+            flops *= 3  # sketch, power iteration and reconstruction
+        seconds["mutation"] = flops / (spec.flops32 or spec.flops)  # float32 factors
+    for w in generating:
+        batches = math.ceil(w.problems / w.batch) * w.turns
+        kv_read = w.batch * w.sequence * arch.layers * 2 * arch.kv_heads * arch.head_dim * b / 2
+        decode = batches * w.new_tokens * (p * b + kv_read) / spec.bandwidth
+        context = (w.prompt_tokens + w.sequence) / 2  # a turn's prompt, on average
+        prefill = 2 * p * w.sequences * context / (0.5 * spec.flops)
+        seconds[f"generate {w.task}"] = decode + prefill
+    return seconds
+
+
 def make_plan(config: Any, *, device: str = "h200", memory_gb: float | None = None) -> Plan:
     """The plan of a :class:`cycleqd.config.RunConfig` on ``device``.
 
@@ -443,100 +587,19 @@ def make_plan(config: Any, *, device: str = "h200", memory_gb: float | None = No
     notes: list[str] = []
     blockers: list[str] = []
     arch = architecture(config.models.base)
-    on_cpu = not str(config.models.device).startswith("cuda")
-    spec = DEVICES["cpu" if on_cpu else device]
     evaluation = config.evaluation
     workers = evaluation.workers if evaluation.backend == "ray" else 1
-    if memory_gb is not None:
-        budget = memory_gb * 1e9
-    elif on_cpu:
-        budget = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / workers
-        notes.append(f"models.device is {config.models.device}: planned for host memory")
-    else:
-        share = evaluation.gpus_per_worker if evaluation.backend == "ray" else 1.0
-        if share == 0:
-            share = 1.0
-            notes.append("evaluation.gpus_per_worker is 0: planned for one device per worker")
-        if share > 1:
-            notes.append(
-                f"gpus_per_worker={share:g}: a worker keeps its weights on one device; the "
-                "plan counts one device"
-            )
-        budget = spec.memory * min(share, 1.0)
-        spec = Device(spec.name, budget, spec.bandwidth, spec.flops, spec.flops32)
+    spec, budget, on_cpu = _budget(config, device, memory_gb, workers, notes)
     k = len(config.tasks)
     b = _DTYPE_BYTES[config.models.dtype] if config.models.dtype else arch.dtype_bytes
-    p = arch.parameters
-    memory = {"base": p * b, "task vectors": k * p * b, "resident model": p * b}
     mutation = config.evolution.mutation
     targets = _svd_targets(arch, mutation)
-    if mutation.name == "svd_expert":
-        rank = mutation.params.get("rank")
-        floats = sum(
-            (m + n) * (min(m, n) if rank is None else min(rank, m, n))
-            + (min(m, n) if rank is None else min(rank, m, n))
-            for m, n in targets
-        )
-        memory["svd cache"] = k * floats * 4
-    # banks: every floating tensor of one shape, stacked (cycleqd.weights)
-    banks: dict[tuple[int, ...], int] = {}
-    for shape in arch.shapes.values():
-        banks[shape] = banks.get(shape, 0) + 1
-    if mutation.name in ("svd_expert", "svd_child", "gaussian") and banks:
-        # a float32 accumulator the size of the largest bank (cycleqd.materialize)
-        memory["materialiser workspace"] = max(math.prod(s) * n for s, n in banks.items()) * 4
-    transient: dict[str, float] = {}
-    if mutation.name == "svd_expert" and targets:
-        # each worker factors the task vectors at its first child, SVD_CHUNK matrices of a bank
-        # at a time: the gathered rows (storage dtype and float32), the thin SVD's U and V
-        counts: dict[tuple[int, int], int] = {}
-        for shape in targets:
-            counts[shape] = counts.get(shape, 0) + 1
-        transient["svd at the first child"] = max(
-            min(n, SVD_CHUNK) * (m * c * (b + 4) + (m + c + 1) * min(m, c) * 4)
-            for (m, c), n in counts.items()
-        )
-        # replaying a child's spectral terms stacks a bank's U and V and scales a copy of U
-        rank = mutation.params.get("rank")
-        transient["spectral terms of a child"] = max(
-            n * (2 * m + c) * (min(m, c) if rank is None else min(rank, m, c)) * 4
-            for (m, c), n in counts.items()
-        )
+    memory, transient = _weights_memory(arch, k, b, mutation, targets)
     loads = [workload(t) for t in config.tasks]
     for w in loads:
         notes += [f"{w.task}: assumed {a}" for a in w.assumed]
     generating = [w for w in loads if w.sequences and w.new_tokens]
-    per_token = arch.layers * 2 * arch.kv_heads * arch.head_dim * b  # KV bytes per token
-    hf = [w for w in generating if w.backend != "vllm"]
-    if hf and arch.layers:
-        memory["kv cache"] = max(w.batch * min(w.sequence, arch.context or w.sequence) for w in hf)
-        memory["kv cache"] *= per_token
-        # the prefill of the longest context, one layer at a time, and the last position's logits
-        tokens = max(w.batch * min(w.sequence, arch.context or w.sequence) for w in hf)
-        logits = max(w.batch for w in hf) * arch.vocab * 4
-        memory["activations"] = tokens * (4 * arch.hidden + 2 * arch.intermediate) * b + logits
-    for w in generating:
-        if w.backend == "vllm" and per_token and not on_cpu:
-            # the engine's KV cache is its share of the device less its copy of the weights:
-            # sequences beyond it wait (vLLM preempts), so the batch is what fits
-            room = w.gpu_memory_utilization * spec.memory - p * b
-            w.batch = max(0, min(w.batch, int(room // (w.sequence * per_token))))
-            if w.batch == 0:
-                blockers.append(
-                    f"{w.task}: the vLLM engine's share ({w.gpu_memory_utilization:g} of the "
-                    "device) cannot hold the weights and one sequence: raise "
-                    "backend_params.gpu_memory_utilization"
-                )
-                w.batch = 1
-    engines = {w.engine: w.gpu_memory_utilization for w in generating if w.backend == "vllm"}
-    if engines:
-        # tasks with the same backend_params share one engine per worker; others add their own
-        memory["vllm engine"] = sum(engines.values()) * (spec.memory if not on_cpu else budget)
-        if len(engines) > 1:
-            notes.append(
-                f"{len(engines)} vLLM engines per worker: give every task the same "
-                "backend_params to share one"
-            )
+    memory |= _generation_memory(arch, generating, b, spec, budget, on_cpu, notes, blockers)
     steady = sum(memory.values())
     generation = memory.get("kv cache", 0.0) + memory.get("activations", 0.0)
     first_child = steady - generation + max(transient.values(), default=0.0)
@@ -552,24 +615,7 @@ def make_plan(config: Any, *, device: str = "h200", memory_gb: float | None = No
             "task vectors, and a resident model with its SVD factors to score the final "
             "report): give it a device no worker uses"
         )
-
-    # --- cost per child ------------------------------------------------------------------
-    seconds = {"materialise": (k + 2) * p * b / spec.bandwidth}
-    if mutation.name in ("svd_expert", "svd_child"):
-        rank = mutation.params.get("rank") or (16 if mutation.name == "svd_child" else None)
-        flops = sum(
-            2 * m * n * (min(m, n) if rank is None else min(rank, m, n)) for m, n in targets
-        )
-        if mutation.name == "svd_child":
-            flops *= 3  # sketch, power iteration and reconstruction
-        seconds["mutation"] = flops / (spec.flops32 or spec.flops)  # float32 factors
-    for w in generating:
-        batches = math.ceil(w.problems / w.batch) * w.turns
-        kv_read = w.batch * w.sequence * arch.layers * 2 * arch.kv_heads * arch.head_dim * b / 2
-        decode = batches * w.new_tokens * (p * b + kv_read) / spec.bandwidth
-        context = (w.prompt_tokens + w.sequence) / 2  # a turn's prompt, on average
-        prefill = 2 * p * w.sequences * context / (0.5 * spec.flops)
-        seconds[f"generate {w.task}"] = decode + prefill
+    seconds = _child_seconds(arch, k, b, spec, mutation, targets, generating)
     children = config.evolution.generations * config.evolution.batch_size
     run_hours = children * sum(seconds.values()) / workers / 3600
     if spec.memory == 0:

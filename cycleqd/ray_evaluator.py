@@ -197,7 +197,8 @@ class RayEvaluator:
             raise CycleQDError(f"a Ray worker failed to start: {exc}") from None
         for slot, (node, pid) in zip(self.slots, started, strict=True):
             slot.starting, slot.node, slot.pid = None, node, pid
-        self.nodes = [slot.node for slot in self.slots]
+        self.nodes: list[str] | None = [slot.node for slot in self.slots]
+        self.materializer = None  # the weights live in the workers
         self.bytes_sent = 0
         self.candidates_sent = 0
         self.retries: list[str] = []
