@@ -39,7 +39,7 @@ from typing import Any
 
 from cycleqd.errors import CycleQDError
 
-__all__ = ["Limits", "Sandbox", "SandboxUnavailable", "SandboxResult"]
+__all__ = ["Limits", "Sandbox", "SandboxUnavailable", "SandboxResult", "shared_sandbox"]
 
 _WORKER = Path(__file__).with_name("_sandbox_worker.py")
 _PYTHON = "/usr/bin/python3"
@@ -353,3 +353,21 @@ class Sandbox:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+_SANDBOX: Sandbox | None = None
+
+
+def shared_sandbox() -> Sandbox:
+    """The process's sandbox pool, started on first use (scorers share it).
+
+    It has as many workers as torch has threads here (at most 4): the CPUs this process may use.
+    A Ray worker that reserved one CPU therefore runs one sandboxed process at a time, and does
+    not take the CPU of the worker beside it.
+    """
+    global _SANDBOX
+    if _SANDBOX is None:
+        import torch
+
+        _SANDBOX = Sandbox(workers=max(1, min(4, torch.get_num_threads())))
+    return _SANDBOX

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cycleqd.errors import CycleQDError
-from cycleqd.sandbox import Limits, Sandbox
+from cycleqd.sandbox import Limits, Sandbox, shared_sandbox
 from cycleqd.stats import Score
 
 __all__ = [
@@ -38,8 +38,8 @@ __all__ = [
     "capacity",
     "generate",
     "gold_outputs",
+    "prompt_of",
     "score",
-    "shared_sandbox",
 ]
 
 SKILLS = ("code", "sql", "shell")
@@ -504,22 +504,9 @@ def score(
     return verdicts
 
 
-_SANDBOX: Sandbox | None = None
-
-
-def shared_sandbox() -> Sandbox:
-    """The process's sandbox pool, started on first use (scorers share it).
-
-    It has as many workers as torch has threads here (at most 4): the CPUs this process may use.
-    A Ray worker that reserved one CPU therefore runs one sandboxed process at a time, and does
-    not take the CPU of the worker beside it.
-    """
-    global _SANDBOX
-    if _SANDBOX is None:
-        import torch
-
-        _SANDBOX = Sandbox(workers=max(1, min(4, torch.get_num_threads())))
-    return _SANDBOX
+def prompt_of(prompt: str) -> str:
+    """The text a model is given for a request (what the tiny models are trained on, too)."""
+    return f"Q: {prompt}\nA:"
 
 
 class SkillAccuracy:
@@ -598,7 +585,6 @@ class SkillAccuracy:
         loop per candidate instead of one per skill. Results are the same either way.
         """
         from cycleqd.decode import greedy_decode
-        from cycleqd.tinylm import prompt_of
 
         version = getattr(model, "cycleqd_weights_version", None)
         peers: list[SkillAccuracy] = [self]

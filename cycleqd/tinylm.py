@@ -36,7 +36,7 @@ from typing import Any
 import torch
 
 from cycleqd.progress import progress
-from cycleqd.skills import SKILLS, generate
+from cycleqd.skills import SKILLS, generate, prompt_of
 
 __all__ = [
     "TinyLMRecipe",
@@ -160,11 +160,6 @@ class TinyLMRecipe:
         digest.update(sql_database().encode())
         digest.update(json.dumps(shell_fixture(), sort_keys=True).encode())
         return digest.hexdigest()[:12]
-
-
-def prompt_of(prompt: str) -> str:
-    """The text a model is given for a request."""
-    return f"Q: {prompt}\nA:"
 
 
 def format_example(prompt: str, answer: str) -> tuple[str, str]:

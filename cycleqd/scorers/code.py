@@ -341,7 +341,7 @@ class CodePassAt1:
 
         Each problem gets a marker of its own, drawn afresh (see :data:`RUNNER`).
         """
-        from cycleqd.skills import shared_sandbox
+        from cycleqd.sandbox import shared_sandbox
 
         markers = [f"cycleqd-passed-{secrets.token_hex(16)}" for _ in problems]
         results = shared_sandbox().run(

@@ -582,7 +582,7 @@ class DBBench:
         The last step's result (at most ``fetch`` rows) is reported; earlier steps' are
         discarded. ``digest``: whether to hash the tables afterwards.
         """
-        from cycleqd.skills import shared_sandbox
+        from cycleqd.sandbox import shared_sandbox
 
         if not questions:
             return []

@@ -515,7 +515,7 @@ class OSInteraction:
 
     def play(self, model: Any, split: str) -> list[Episode]:
         """Run every task of ``split`` as an episode; their transcripts and verdicts."""
-        from cycleqd.skills import shared_sandbox
+        from cycleqd.sandbox import shared_sandbox
 
         check_split(split, WHAT)
         sandbox = shared_sandbox()
