@@ -9,19 +9,15 @@ bits per byte; the score is ``2 ** -bits_per_byte``, the geometric mean probabil
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import logging
-import os
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from cycleqd.errors import CycleQDError
+from cycleqd.scorers.lm_eval_tasks import quiet_lm_eval
 
-__all__ = ["LanguageRetention", "TASK", "quiet_lm_eval"]
+__all__ = ["LanguageRetention", "TASK"]
 
 TASK = "cycleqd_language"
 
@@ -39,26 +35,6 @@ metric_list:
     aggregation: bits_per_byte
     higher_is_better: false
 """
-
-
-@contextlib.contextmanager
-def quiet_lm_eval() -> Iterator[None]:
-    """Run lm-eval offline and quietly; errors still raise.
-
-    lm-eval and datasets report progress and warnings on stderr for every call: a scorer that
-    runs once per model would bury the run's own display.
-    """
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    loggers = [logging.getLogger(name) for name in ("lm_eval", "lm-eval")]
-    levels = [logger.level for logger in loggers]
-    try:
-        for logger in loggers:
-            logger.setLevel(logging.ERROR)
-        with contextlib.redirect_stderr(io.StringIO()):
-            yield
-    finally:
-        for logger, level in zip(loggers, levels, strict=True):
-            logger.setLevel(level)
 
 
 class LanguageRetention:

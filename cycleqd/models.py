@@ -261,40 +261,12 @@ def build_source(models: Any) -> ModelSource:
     return SOURCES.build(models.source, **models.params)
 
 
-class TinyLMSource(PathsSource):
-    """The embedded language models: a tiny Llama base and one expert per agent skill.
-
-    Trained on first use (:mod:`cycleqd.tinylm`) and cached.
-
-    Args:
-        **recipe: fields of :class:`cycleqd.tinylm.TinyLMRecipe`.
-    """
-
-    def __init__(self, **recipe: Any) -> None:
-        from cycleqd.tinylm import TinyLMRecipe
-
-        try:
-            self.recipe = TinyLMRecipe(**recipe)
-        except TypeError as exc:
-            raise CycleQDError(
-                f"tinylm source: {exc}; accepted: {', '.join(TinyLMRecipe.__dataclass_fields__)}"
-            ) from None
-        self.model = None
-
-    def prepare(self, cache_dir: Path) -> tuple[Path, dict[str, Path]]:
-        """Build (or reuse) the base and experts; their Hugging Face directories."""
-        from cycleqd.tinylm import build
-
-        self.base, self.experts = build(cache_dir, self.recipe)
-        return self.base, dict(self.experts)
+#: The embedded suite's sources, imported only when a config names them.
+_BUILTINS = {"digits": "cycleqd.digits:DigitsSource", "tinylm": "cycleqd.tinylm:TinyLMSource"}
 
 
 def _builtin(name: str) -> Any:
-    if name == "tinylm":
-        return TinyLMSource
-    from cycleqd import digits
-
-    return digits.DigitsSource
+    return SOURCES.import_path(_BUILTINS[name])
 
 
-SOURCES.add_provider(lambda: ["digits", "tinylm"], _builtin)
+SOURCES.add_provider(lambda: list(_BUILTINS), _builtin)

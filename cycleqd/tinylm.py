@@ -35,11 +35,14 @@ from typing import Any
 
 import torch
 
+from cycleqd.errors import CycleQDError
+from cycleqd.models import PathsSource
 from cycleqd.progress import progress
 from cycleqd.skills import SKILLS, generate, prompt_of
 
 __all__ = [
     "TinyLMRecipe",
+    "TinyLMSource",
     "build",
     "build_info",
     "format_example",
@@ -647,3 +650,27 @@ def build_multitask(cache_dir: Path, recipe: TinyLMRecipe | None = None, seed: i
         if bars:
             hf_logging.enable_progress_bar()
     return out
+
+
+class TinyLMSource(PathsSource):
+    """The embedded language models: a tiny Llama base and one expert per agent skill.
+
+    Trained on first use (:mod:`cycleqd.tinylm`) and cached.
+
+    Args:
+        **recipe: fields of :class:`cycleqd.tinylm.TinyLMRecipe`.
+    """
+
+    def __init__(self, **recipe: Any) -> None:
+        try:
+            self.recipe = TinyLMRecipe(**recipe)
+        except TypeError as exc:
+            raise CycleQDError(
+                f"tinylm source: {exc}; accepted: {', '.join(TinyLMRecipe.__dataclass_fields__)}"
+            ) from None
+        self.model = None
+
+    def prepare(self, cache_dir: Path) -> tuple[Path, dict[str, Path]]:
+        """Build (or reuse) the base and experts; their Hugging Face directories."""
+        self.base, self.experts = build(cache_dir, self.recipe)
+        return self.base, dict(self.experts)

@@ -141,8 +141,7 @@ def tinylm_micro(tmp_path_factory):
     """The tiny language models of the micro recipe, built once: (cache, source, paths)."""
     from dataclasses import asdict
 
-    from cycleqd.models import TinyLMSource
-    from cycleqd.tinylm import TinyLMRecipe
+    from cycleqd.tinylm import TinyLMRecipe, TinyLMSource
 
     cache = tmp_path_factory.mktemp("tinylm")
     source = TinyLMSource(**asdict(TinyLMRecipe.micro()))

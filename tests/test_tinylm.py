@@ -10,10 +10,10 @@ import pytest
 import yaml
 
 from cycleqd import CycleQDError, Evolver, load_config
-from cycleqd.models import PathsSource, TinyLMSource
+from cycleqd.models import PathsSource
 from cycleqd.skills import SKILLS, SkillAccuracy
 from cycleqd.store import RunStore
-from cycleqd.tinylm import TinyLMRecipe
+from cycleqd.tinylm import TinyLMRecipe, TinyLMSource
 
 MICRO = asdict(TinyLMRecipe.micro())
 

@@ -12,16 +12,19 @@ their own (see :class:`cycleqd.language.LanguageRetention`).
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import math
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from cycleqd.errors import CycleQDError
-from cycleqd.language import quiet_lm_eval
 from cycleqd.scorers._common import check_split
 
-__all__ = ["LmEvalTasks"]
+__all__ = ["LmEvalTasks", "quiet_lm_eval"]
 
 WHAT = "lm_eval"
 
@@ -30,6 +33,26 @@ def _names(value: str | list[str] | None) -> list[str]:
     if value is None:
         return []
     return [value] if isinstance(value, str) else list(value)
+
+
+@contextlib.contextmanager
+def quiet_lm_eval() -> Iterator[None]:
+    """Run lm-eval offline and quietly; errors still raise.
+
+    lm-eval and datasets report progress and warnings on stderr for every call: a scorer that
+    runs once per model would bury the run's own display.
+    """
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    loggers = [logging.getLogger(name) for name in ("lm_eval", "lm-eval")]
+    levels = [logger.level for logger in loggers]
+    try:
+        for logger in loggers:
+            logger.setLevel(logging.ERROR)
+        with contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 class LmEvalTasks:
