@@ -53,7 +53,8 @@ import torch
 from cycleqd._io import atomic_write_json, atomic_write_text
 from cycleqd.choice import Chooser, task_arithmetic_grid, ties_grid
 from cycleqd.config import ConfigError, RunConfig
-from cycleqd.evolver import SOUP_SIZES, VALIDATION_TEMPERATURES, Evolver
+from cycleqd.evolver import Evolver
+from cycleqd.final import SOUP_SIZES, VALIDATION_TEMPERATURES
 from cycleqd.genome import Genome
 from cycleqd.stats import interval, resampled_columns, retention
 

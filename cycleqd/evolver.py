@@ -26,42 +26,25 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 
 from cycleqd.archive import Archives, derive_ranges
 from cycleqd.choice import Chooser, task_arithmetic_grid, ties_grid
 from cycleqd.config import ConfigError, RunConfig
 from cycleqd.errors import CycleQDError
 from cycleqd.evaluator import Evaluator, LocalEvaluator, Outcome
+from cycleqd.final import choose_final, final_candidates, score_report, softmax
 from cycleqd.genome import Genome
 from cycleqd.materialize import Materializer
 from cycleqd.models import ModelSource, load_models
 from cycleqd.operators import CROSSOVERS, MUTATIONS, SELECTIONS, MutationContext
 from cycleqd.progress import progress
 from cycleqd.scorers import SCORERS
-from cycleqd.stats import objective_value, report_intervals, retention
 from cycleqd.store import RunStore
 
 __all__ = ["Evolver", "GenerationReport", "softmax"]
 
 #: The split children are scored on while evolving (a scorer without one of its own gets val).
 SEARCH = "search"
-#: Softmax temperatures tried by ``final.method: validation`` (``0`` means the best elite alone).
-VALIDATION_TEMPERATURES = (1.0, 0.3, 0.1, 0.03, 0.0)
-#: Sizes of the uniform "soups" of the elites with the best objectives that ``validation`` tries:
-#: averaging elites that are good at every task lowers the variance that choosing on val adds.
-SOUP_SIZES = (2, 3, 5, 8)
-
-
-def softmax(values: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """``softmax(values / temperature)``; temperature 0 puts all weight on the maximum."""
-    values = np.asarray(values, dtype=np.float64)
-    if temperature == 0:
-        out = np.zeros_like(values)
-        out[int(np.argmax(values))] = 1.0
-        return out
-    z = (values - values.max()) / temperature
-    return np.exp(z) / np.exp(z).sum()
 
 
 @dataclass
@@ -432,122 +415,18 @@ class Evolver:
 
     # --- the final model and the report -------------------------------------------------------
 
-    def _elite_objectives(self, k: int) -> dict[int, tuple[float, ...]]:
-        """Archive ``k``'s elites and their ``final.objective`` keys on the search split.
-
-        Retention divides by the experts' own search-split scores (what the seeds measured).
-        """
-        assert self.archives is not None
-        data = self.archives.elites(k)
-        scores = np.insert(data["measures"], k, data["objective"], axis=1)
-        experts = {t: self.expert_scores[j][j] for j, t in enumerate(self.tasks)}
-        return {
-            int(e): objective_value(
-                self.cfg.final.objective, dict(zip(self.tasks, row.tolist(), strict=True)), experts
-            )
-            for e, row in zip(data["elite"], scores, strict=True)
-        }
-
-    def _best_by_objective(self, k: int) -> tuple[int, float]:
-        """Archive ``k``'s elite that maximises ``final.objective``, and that objective."""
-        keys = self._elite_objectives(k)
-        elite = max(keys, key=lambda e: (keys[e], -e))
-        return elite, keys[elite][0]
-
-    def _ranked_by_objective(self) -> list[tuple[int, float]]:
-        """Every elite of every archive once, by ``final.objective`` (search split), best first."""
-        keys: dict[int, tuple[float, ...]] = {}
-        for k in range(len(self.tasks)):
-            keys |= self._elite_objectives(k)
-        ranked = sorted(keys, key=lambda e: (tuple(-v for v in keys[e]), e))
-        return [(e, keys[e][0]) for e in ranked]
-
     def final_genome(self) -> tuple[Genome, dict[str, Any]]:
-        """The final model and how it was chosen.
-
-        ``softmax`` (the paper): ``θ_base + Σ_k β_k τ*_k`` over every archive's best elite,
-        ``β = softmax`` of their qualities. ``validation``: the best on val by ``final.objective``
-        among that merge at several softmax temperatures (temperature 0: the single best elite),
-        the same merges of each archive's elite with the best objective (the archives hold
-        elites good at every task, not only at their own; their search-split scores are already
-        known), and uniform soups of the 2, 3, 5 and 8 elites with the best objectives over all
-        archives.
-        """
+        """The final model and how it was chosen (:func:`cycleqd.final.final_candidates`)."""
         assert self.archives is not None
-        K = len(self.tasks)
-        pools = {"best_quality": [self.archives.best(k) for k in range(K)]}
-        temperatures: tuple[float, ...] = (1.0,)
-        if self.cfg.final.method == "validation":
-            pools["best_objective"] = [self._best_by_objective(k) for k in range(K)]
-            temperatures = VALIDATION_TEMPERATURES
-        candidates = []
-        for pool, elites in pools.items():
-            parents = [self.genome(e) for e, _ in elites]
-            weights = np.array([q for _, q in elites])
-            for temperature in temperatures:
-                beta = softmax(weights, temperature)
-                genome = Genome.weighted_sum(
-                    parents,
-                    torch.tensor(beta).float(),
-                    op="final",
-                    beta=beta.tolist(),
-                    parent_ids=[p.id for p in parents],
-                )
-                candidates.append(
-                    {
-                        "pool": pool,
-                        "temperature": temperature,
-                        "genome": genome,
-                        "beta": dict(zip(self.tasks, beta.tolist(), strict=True)),
-                        "elites": {t: p.id for t, p in zip(self.tasks, parents, strict=True)},
-                    }
-                )
-        if self.cfg.final.method == "validation":
-            ranked = self._ranked_by_objective()
-            for m in SOUP_SIZES:
-                if len(ranked) < m:
-                    break
-                parents = [self.genome(e) for e, _ in ranked[:m]]
-                genome = Genome.weighted_sum(
-                    parents,
-                    torch.full((m,), 1.0 / m),
-                    op="final",
-                    soup=m,
-                    parent_ids=[p.id for p in parents],
-                )
-                candidates.append(
-                    {
-                        "pool": f"soup_{m}",
-                        "temperature": None,
-                        "genome": genome,
-                        "beta": [1.0 / m] * m,
-                        "elites": [p.id for p in parents],
-                    }
-                )
-        before = self.chooser.evaluations + self.chooser.expert_evaluations
-        if len(candidates) > 1:
-            progress(
-                f"final model: {len(candidates)} candidates on val ({self.cfg.final.objective})"
-            )
-            judged = self.chooser.judge([c["genome"] for c in candidates])
-            for candidate, (key, scores) in zip(candidates, judged, strict=True):
-                candidate["val_objective"], candidate["val_scores"] = list(key), scores
-                candidate["val_average"] = float(np.mean(scores))
-        chosen = max(candidates, key=lambda c: c.get("val_objective", [0.0]))
+        searched = {t: self.expert_scores[j][j] for j, t in enumerate(self.tasks)}
+        candidates = final_candidates(
+            self.cfg.final, self.archives, self.tasks, self.genome, searched
+        )
+        chosen, info = choose_final(candidates, self.chooser, self.cfg.final)
         # what the CycleQD model cost: seeds, children and this choice (the experts' val scores
         # included; the evolution's own count stays seeds and children)
-        chosen_by = self.chooser.evaluations + self.chooser.expert_evaluations - before
-        total = self.evaluations + chosen_by
-        info = {
-            "evaluations": total,
-            "method": self.cfg.final.method,
-            "objective": self.cfg.final.objective,
-            **{k: v for k, v in chosen.items() if k != "genome"},
-            "candidates": [
-                {k: v for k, v in c.items() if k not in ("genome", "elites")} for c in candidates
-            ],
-        }
-        return chosen["genome"], info
+        info["evaluations"] += self.evaluations
+        return chosen, info
 
     def finish(self) -> dict[str, Any]:
         """Choose the final model and baselines on val; score everything on test; write files."""
@@ -564,26 +443,9 @@ class Evolver:
             info["ties_density"] = density
             methods["ties"] = ties[density]
         methods["cycleqd_final"] = final
-        progress(f"report: scoring {len(methods)} models on the test split")
-        result = self.evaluator.evaluate(list(methods.values()), "test")
-        rows = {
-            name: dict(zip(self.tasks, row.tolist(), strict=True))
-            for name, row in zip(methods, result.scores, strict=True)
-        }
-        items = dict(zip(methods, result.items, strict=True))
-        report = self.cfg.final.report
-        if report:
-            # scored in this process on the evaluator's materialiser: never during evolution
-            reporter = LocalEvaluator(
-                self.space,
-                self.source,
-                {m.name: SCORERS.build(m.scorer, **m.params) for m in report},
-                materializer=self.materializer,
-            )
-            extra = reporter.evaluate(list(methods.values()), "test")
-            for name, row in zip(methods, extra.scores, strict=True):
-                rows[name] |= {m.name: float(v) for m, v in zip(report, row, strict=True)}
-        summary = report_summary(self.tasks, rows, items, [m.name for m in report])
+        summary = score_report(
+            methods, self.evaluator, self.space, self.source, self.materializer, self.cfg.final
+        )
         self.store.save_genome(final)
         final.save(self.store.root / "final.genome")
         info["final_genome"] = final.id
@@ -594,33 +456,3 @@ class Evolver:
         write_plots(self.store, self.archives)
         self.store.write_checkpoint(self._state(finished=True))
         return summary
-
-
-def report_summary(
-    tasks: list[str],
-    rows: dict[str, dict[str, float]],
-    items: dict[str, dict[str, tuple[float, ...]]],
-    report: list[str],
-    reference: str = "cycleqd_final",
-) -> dict[str, Any]:
-    """``summary.json``: every method's test scores, average and worst-task retention.
-
-    With 95% bootstrap intervals over requests and the paired differences
-    ``reference − method`` (:func:`cycleqd.stats.report_intervals`).
-    """
-    experts = {t: f"expert_{t}" for t in tasks}
-    own = {t: rows[experts[t]][t] for t in tasks if experts[t] in rows}
-    for row in rows.values():
-        scores = [row[t] for t in tasks]
-        row["average"] = float(np.mean(scores))
-        if len(own) == len(tasks):
-            row["retention"] = retention({t: row[t] for t in tasks}, own)
-    return {
-        "split": "test",
-        "tasks": tasks,
-        "report": report,
-        "methods": rows,
-        "intervals": report_intervals(
-            items, tasks, experts, reference if reference in rows else None
-        ),
-    }

@@ -18,6 +18,7 @@ from cycleqd import Archives, Evolver, Genome, load_config, load_run
 from cycleqd.archive import derive_ranges
 from cycleqd.config import ConfigError
 from cycleqd.evolver import softmax
+from cycleqd.final import ranked_by_objective
 from cycleqd.stats import objective_value
 from cycleqd.store import RunStore
 
@@ -153,13 +154,13 @@ def test_validation_final_is_the_best_candidate_on_val_soups_included(
         )
     )
     # a soup is the uniform average of the elites with the best objectives (search split)
-    ranked = evolver._ranked_by_objective()
+    searched = {t: evolver.expert_scores[j][j] for j, t in enumerate(cfg.task_names)}
+    ranked = ranked_by_objective(evolver.archives, objective, searched)
     soup = [c for c in info["candidates"] if c["pool"] == "soup_3"][0]
     assert soup["beta"] == pytest.approx([1 / 3] * 3)
     firsts = [a for _, a in ranked]
     assert firsts == sorted(firsts, reverse=True) and len(set(dict(ranked))) == len(ranked)
     # ... computed here from the archives: the first elite's search-split scores maximise it
-    searched = {t: evolver.expert_scores[j][j] for j, t in enumerate(cfg.task_names)}
     keys = {}
     for k in range(3):
         data = evolver.archives.elites(k)
