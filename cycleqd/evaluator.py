@@ -70,6 +70,10 @@ class Outcome:
     items: dict[str, tuple[float, ...]] = field(default_factory=dict)
 
 
+#: The split children are scored on while evolving (a scorer without one of its own gets val).
+SEARCH = "search"
+
+
 class Evaluator(Protocol):
     """Scores genomes on every task: what the evolver, ``compare`` and the CLI use of one.
 

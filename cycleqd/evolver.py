@@ -19,7 +19,6 @@ dispatches again).
 
 from __future__ import annotations
 
-import base64
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from cycleqd.archive import Archives, derive_ranges
 from cycleqd.choice import Chooser, task_arithmetic_grid, ties_grid
 from cycleqd.config import ConfigError, RunConfig
 from cycleqd.errors import CycleQDError
-from cycleqd.evaluator import Evaluator, LocalEvaluator, Outcome
+from cycleqd.evaluator import SEARCH, Evaluator, LocalEvaluator
 from cycleqd.final import choose_final, final_candidates, score_report, softmax
 from cycleqd.genome import Genome
 from cycleqd.materialize import Materializer
@@ -39,12 +38,10 @@ from cycleqd.models import ModelSource, load_models
 from cycleqd.operators import CROSSOVERS, MUTATIONS, SELECTIONS, MutationContext
 from cycleqd.progress import progress
 from cycleqd.scorers import SCORERS
+from cycleqd.steady import SteadySchedule
 from cycleqd.store import RunStore
 
 __all__ = ["Evolver", "GenerationReport", "softmax"]
-
-#: The split children are scored on while evolving (a scorer without one of its own gets val).
-SEARCH = "search"
 
 
 @dataclass
@@ -116,9 +113,8 @@ class Evolver:
         self.chooser = Chooser(self.evaluator, self.space, self.tasks, config.final.objective)
         self.expert_scores: list[list[float]] = []
         self.steady = e.steady
-        self.dispatched = 0  # steady schedule: children made
-        self.completed = 0  # steady schedule: children back (or failed)
-        self.in_flight: dict[int, dict[str, Any]] = {}  # child number → what is out
+        # the steady schedule (asynchronous MAP-Elites) keeps what is out for evaluation
+        self.schedule = SteadySchedule(self) if e.steady else None
 
     # --- state -------------------------------------------------------------------------------
 
@@ -132,22 +128,7 @@ class Evolver:
             "expert_scores": self.expert_scores,
             "archives": self.archives.state(),
             "finished": finished,
-        } | (self._steady_state() if self.steady else {})
-
-    def _steady_state(self) -> dict[str, Any]:
-        return {
-            "dispatched": self.dispatched,
-            "completed": self.completed,
-            "in_flight": [
-                {
-                    "child": n,
-                    "active": out["active"],
-                    "parents": out["parents"],
-                    "genome": base64.b64encode(out["genome"].to_bytes()).decode(),
-                }
-                for n, out in sorted(self.in_flight.items())
-            ],
-        }
+        } | (self.schedule.state() if self.schedule else {})
 
     def _restore(self, state: dict[str, Any]) -> None:
         self.store.rewind_logs(state["log_sizes"])
@@ -163,16 +144,8 @@ class Evolver:
                 f"{self.store.root} was run with evaluation.schedule "
                 f"{schedules['in_flight' in state]}; resume it with that schedule"
             )
-        if self.steady:
-            self.dispatched, self.completed = state["dispatched"], state["completed"]
-            self.in_flight = {
-                out["child"]: {
-                    "active": out["active"],
-                    "parents": out["parents"],
-                    "genome": Genome.from_bytes(base64.b64decode(out["genome"])),
-                }
-                for out in state["in_flight"]
-            }
+        if self.schedule:
+            self.schedule.restore(state)
 
     def genome(self, elite: int) -> Genome:
         """The genome of elite ``elite`` (genome-table index)."""
@@ -228,7 +201,7 @@ class Evolver:
         g, k = self.generation, self.active_task(self.generation)
         children, lineage = [], []
         for _ in range(self.cfg.evolution.batch_size):
-            child, parents, reason = self._make_child(k)
+            child, parents, reason = self.make_child(k)
             if child is None:
                 self.store.append(
                     "events.jsonl",
@@ -250,12 +223,12 @@ class Evolver:
         )
         for child, scores, error, parents in outcomes:
             record = {"event": "child", "generation": g, "active": self.tasks[k]}
-            self._log_and_insert(
+            self.log_and_insert(
                 record | {"genome": child.id, "parents": parents}, child, scores, error
             )
-        return self._close_generation(k, start)
+        return self.close_generation(k, start)
 
-    def _log_and_insert(
+    def log_and_insert(
         self, record: dict[str, Any], child: Genome, scores: Any, error: str | None
     ) -> None:
         """Offer an evaluated child to every archive and log it (``failed`` with ``error``)."""
@@ -272,9 +245,7 @@ class Evolver:
             )
         self.store.append("events.jsonl", record)
 
-    # --- the steady-state schedule ------------------------------------------------------------
-
-    def _make_child(self, k: int) -> tuple[Genome | None, list[str], str | None]:
+    def make_child(self, k: int) -> tuple[Genome | None, list[str], str | None]:
         """A child of two parents selected from archive ``k``; ``None`` and why if it failed."""
         assert self.archives is not None
         ctx = MutationContext(self.space, self.materializer, k, self.rng)
@@ -287,59 +258,7 @@ class Evolver:
             return None, [p.id for p in parents], f"{type(exc).__name__}: {exc}"
         return child, [p.id for p in parents], None
 
-    def run_steady(self) -> None:
-        """Evolve to ``generations × batch_size`` children with the steady-state schedule."""
-        total = self.cfg.evolution.generations * self.cfg.evolution.batch_size
-        limit = self.cfg.evaluation.max_in_flight
-        ordered = self.cfg.evaluation.ordered
-        tickets: dict[int, int] = {}  # evaluator ticket → child number
-        back: dict[int, Outcome] = {}  # child number → its outcome, not yet offered
-        for n, out in sorted(self.in_flight.items()):  # resumed: what was out goes out again
-            tickets[self.evaluator.submit(out["genome"], SEARCH)] = n
-        self._period_start = time.perf_counter()
-        while self.completed < total:
-            # every child offered is followed by a refill: the points where children are made do
-            # not depend on when workers answer, so the ordered schedule is deterministic
-            while len(self.in_flight) < limit and self.dispatched < total:
-                n, k = self.dispatched, self.active_task(self.dispatched)
-                child, parents, reason = self._make_child(k)
-                self.dispatched += 1
-                self.in_flight[n] = {"active": k, "parents": parents, "genome": child}
-                if child is None:
-                    self._offer(n, None, reason)
-                else:
-                    tickets[self.evaluator.submit(child, SEARCH)] = n
-            if self.completed >= total:
-                break
-            oldest = min(self.in_flight)
-            ready = [oldest] if oldest in back else [] if ordered else sorted(back)[:1]
-            if ready:
-                outcome = back.pop(ready[0])
-                self._offer(ready[0], outcome.scores, outcome.error)
-                continue
-            for outcome in self.evaluator.collect():
-                back[tickets.pop(outcome.ticket)] = outcome
-
-    def _offer(self, n: int, scores: np.ndarray | None, error: str | None) -> None:
-        """Log child ``n``'s outcome, offer it to every archive; close a generation if due."""
-        assert self.archives is not None
-        out = self.in_flight.pop(n)
-        k, child = out["active"], out["genome"]
-        record = {"event": "child", "generation": self.generation, "child": n}
-        record |= {"active": self.tasks[k]}
-        if child is None:  # it could not be made: never evaluated
-            record |= {"event": "failed", "parents": out["parents"], "reason": error}
-            self.store.append("events.jsonl", record)
-        else:
-            self.evaluations += 1
-            record |= {"genome": child.id, "parents": out["parents"]}
-            self._log_and_insert(record, child, scores, error)
-        self.completed += 1
-        if self.completed % self.cfg.evolution.batch_size == 0:
-            self._close_generation(k, self._period_start)
-            self._period_start = time.perf_counter()
-
-    def _close_generation(self, k: int, start: float) -> GenerationReport:
+    def close_generation(self, k: int, start: float) -> GenerationReport:
         """Log retries and metrics, advance the generation, checkpoint, report progress."""
         assert self.archives is not None
         g = self.generation
@@ -397,8 +316,8 @@ class Evolver:
         nodes = self.evaluator.nodes
         if nodes is not None:  # where the workers run (Ray): one event per start or resume
             self.store.append("events.jsonl", {"event": "workers", "nodes": nodes})
-        if self.steady:
-            self.run_steady()
+        if self.schedule:
+            self.schedule.run()
         while self.generation < self.cfg.evolution.generations:
             self.step()
         return state
