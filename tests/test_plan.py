@@ -212,7 +212,7 @@ def test_a_plug_in_scorer_is_planned_by_its_own_hook_or_an_announced_guess(
     small_config, tmp_path, monkeypatch
 ):
     path, _ = small_config
-    (tmp_path / "my_scorers.py").write_text(
+    (tmp_path / "plan_shaped_scorers.py").write_text(
         "from cycleqd.scorers import TaskShape\n"
         "class Shaped:\n"
         "    @staticmethod\n"
@@ -225,8 +225,8 @@ def test_a_plug_in_scorer_is_planned_by_its_own_hook_or_an_announced_guess(
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     data = yaml.safe_load(path.read_text())
-    data["tasks"][0] = {"name": "code", "scorer": "my_scorers:Shaped", "params": {"n": 7}}
-    data["tasks"][1] = {"name": "sql", "scorer": "my_scorers:unshaped", "params": {}}
+    data["tasks"][0] = {"name": "code", "scorer": "plan_shaped_scorers:Shaped", "params": {"n": 7}}
+    data["tasks"][1] = {"name": "sql", "scorer": "plan_shaped_scorers:unshaped", "params": {}}
     path.write_text(yaml.safe_dump(data))
     shaped, unshaped = make_plan(load_config(path), device="h200").workloads
     # the hook's shape: 7 conversations of 3 turns, a 6-token prompt and 2-token replies
@@ -234,7 +234,7 @@ def test_a_plug_in_scorer_is_planned_by_its_own_hook_or_an_announced_guess(
     assert shaped.assumed == []
     assert (unshaped.problems, unshaped.prompt_tokens, unshaped.new_tokens) == (100, 512, 256)
     assert unshaped.assumed == [
-        "scorer 'my_scorers:unshaped' has no plan_shape hook: 100 problems of 512 + 256 tokens"
+        "scorer 'plan_shaped_scorers:unshaped' has no plan_shape hook: 100 problems of 512 + 256 tokens"
     ]
 
 
