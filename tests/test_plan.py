@@ -234,7 +234,8 @@ def test_a_plug_in_scorer_is_planned_by_its_own_hook_or_an_announced_guess(
     assert shaped.assumed == []
     assert (unshaped.problems, unshaped.prompt_tokens, unshaped.new_tokens) == (100, 512, 256)
     assert unshaped.assumed == [
-        "scorer 'plan_shaped_scorers:unshaped' has no plan_shape hook: 100 problems of 512 + 256 tokens"
+        "scorer 'plan_shaped_scorers:unshaped' has no plan_shape hook: "
+        "100 problems of 512 + 256 tokens"
     ]
 
 
