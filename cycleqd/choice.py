@@ -23,20 +23,17 @@ class Chooser:
     """Scores candidates on a split and ranks them by an objective (larger keys are better).
 
     Args:
-        evaluator: scores genomes (its scorers are the run's tasks, in order).
+        evaluator: scores genomes on the run's tasks (``evaluator.tasks``, in order).
         space: the weight space the experts come from.
-        tasks: the task names, in the evaluator's order.
         objective: a name of :data:`cycleqd.stats.OBJECTIVES`.
 
     ``evaluations`` counts the candidates scored; ``expert_evaluations`` the experts' val scores
     (once: what ``retention`` divides by).
     """
 
-    def __init__(
-        self, evaluator: Evaluator, space: WeightSpace, tasks: Sequence[str], objective: str
-    ) -> None:
+    def __init__(self, evaluator: Evaluator, space: WeightSpace, objective: str) -> None:
         self.evaluator, self.space = evaluator, space
-        self.tasks, self.objective = list(tasks), objective
+        self.tasks, self.objective = list(evaluator.tasks), objective
         self.evaluations = 0
         self.expert_evaluations = 0
         self._experts: dict[str, float] | None = None

@@ -143,7 +143,7 @@ class _Context:
             self.space, self.source, self.extra, materializer=self.val.materializer
         )
         # every method chooses on val by the run's objective, as the run's final choice does
-        self.chooser = Chooser(self.val, self.space, cfg.task_names, cfg.final.objective)
+        self.chooser = Chooser(self.val, self.space, cfg.final.objective)
 
     def test_row(
         self, genome: Genome, val: Any = None, report: Any = None

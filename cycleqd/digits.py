@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from cycleqd.errors import CycleQDError
+from cycleqd.scorers import TaskShape
 from cycleqd.stats import Score
 
 __all__ = ["DOMAINS", "DigitsAccuracy", "DigitsConfig", "DigitsMLP", "DigitsSource", "digits_split"]
@@ -210,10 +211,8 @@ class DigitsAccuracy:
     """
 
     @staticmethod
-    def plan_shape(params: dict[str, object]) -> object:
+    def plan_shape(params: dict[str, object]) -> TaskShape:
         """No generation: an MLP's forward pass (the planning hook of :mod:`cycleqd.scorers`)."""
-        from cycleqd.scorers import TaskShape
-
         return TaskShape(problems=0, turns=0, prompt_tokens=0, new_tokens=0)
 
     def __init__(self, *, domain: str, noise: float = DigitsConfig.noise) -> None:

@@ -110,7 +110,7 @@ class Evolver:
         self.generation = 0
         self.evaluations = 0
         # the final choice and the baselines' sweeps (on val, by final.objective)
-        self.chooser = Chooser(self.evaluator, self.space, self.tasks, config.final.objective)
+        self.chooser = Chooser(self.evaluator, self.space, config.final.objective)
         self.expert_scores: list[list[float]] = []
         self.steady = e.steady
         # the steady schedule (asynchronous MAP-Elites) keeps what is out for evaluation

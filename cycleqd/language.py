@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from cycleqd.errors import CycleQDError
+from cycleqd.scorers import TaskShape
 from cycleqd.scorers.lm_eval_tasks import quiet_lm_eval
 
 __all__ = ["LanguageRetention", "TASK"]
@@ -47,10 +48,8 @@ class LanguageRetention:
     """
 
     @staticmethod
-    def plan_shape(params: dict[str, Any]) -> Any:
+    def plan_shape(params: dict[str, Any]) -> TaskShape:
         """What a scoring costs: its documents, read, not generated (the planning hook)."""
-        from cycleqd.scorers import TaskShape
-
         documents = int(params.get("documents", 40))
         return TaskShape(problems=documents, prompt_tokens=128, new_tokens=1)
 

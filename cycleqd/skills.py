@@ -29,6 +29,7 @@ from typing import Any
 
 from cycleqd.errors import CycleQDError
 from cycleqd.sandbox import Limits, Sandbox, shared_sandbox
+from cycleqd.scorers import TaskShape
 from cycleqd.stats import Score
 
 __all__ = [
@@ -534,10 +535,8 @@ class SkillAccuracy:
     """
 
     @staticmethod
-    def plan_shape(params: dict[str, Any]) -> Any:
+    def plan_shape(params: dict[str, Any]) -> TaskShape:
         """What a child costs: its search split, decoded in one batch (the planning hook)."""
-        from cycleqd.scorers import TaskShape
-
         val = int(params.get("problems", 300))
         search = int(params.get("search_problems") or val)
         return TaskShape(problems=search, prompt_tokens=24, new_tokens=32, one_batch=True)

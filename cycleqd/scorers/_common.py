@@ -10,6 +10,7 @@ from typing import Any
 
 from cycleqd.errors import CycleQDError
 from cycleqd.generation import Backend, Message, backend_for
+from cycleqd.scorers import TaskShape
 
 __all__ = ["GenerationSettings", "code_block", "read_records"]
 
@@ -138,14 +139,12 @@ def data_shape(
     prompt_tokens: int,
     new_tokens: int,
     count: Any = None,
-) -> Any:
+) -> TaskShape:
     """The planner's shape of a scorer that reads its problems from ``params["val"]``.
 
     ``count(source)``: how many problems the val data holds (``None``: not on this machine);
     default: the records of a data file. ``problems`` is assumed where it cannot count.
     """
-    from cycleqd.scorers import TaskShape
-
     source = params.get("val")
     counted = (count or count_records)(source)
     assumed = [] if counted is not None else [f"{problems} problems (val data not on this machine)"]

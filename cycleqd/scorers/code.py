@@ -31,6 +31,7 @@ from typing import Any
 
 from cycleqd.errors import CycleQDError
 from cycleqd.sandbox import Limits
+from cycleqd.scorers import TaskShape
 from cycleqd.scorers._common import (
     GenerationSettings,
     check_split,
@@ -283,7 +284,7 @@ class CodePassAt1:
     """
 
     @staticmethod
-    def plan_shape(params: dict[str, Any]) -> Any:
+    def plan_shape(params: dict[str, Any]) -> TaskShape:
         """What a child costs (the planning hook of :mod:`cycleqd.scorers`)."""
 
         def count(source: Any) -> int | None:

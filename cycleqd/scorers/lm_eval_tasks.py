@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from cycleqd.errors import CycleQDError
+from cycleqd.scorers import TaskShape
 from cycleqd.scorers._common import check_split
 
 __all__ = ["LmEvalTasks", "quiet_lm_eval"]
@@ -74,10 +75,8 @@ class LmEvalTasks:
     """
 
     @staticmethod
-    def plan_shape(params: dict[str, Any]) -> Any:
+    def plan_shape(params: dict[str, Any]) -> TaskShape:
         """What a child costs (the planning hook of :mod:`cycleqd.scorers`)."""
-        from cycleqd.scorers import TaskShape
-
         limited = bool(params.get("limit"))
         assumed = [] if limited else ["1000 documents per task (no limit set)"]
         return TaskShape(problems=1000, prompt_tokens=512, new_tokens=1, assumed=assumed)

@@ -72,6 +72,7 @@ from typing import Any
 from cycleqd.errors import CycleQDError
 from cycleqd.generation import Backend, Message
 from cycleqd.sandbox import Limits, SandboxResult
+from cycleqd.scorers import TaskShape
 from cycleqd.scorers._common import (
     GenerationSettings,
     check_split,
@@ -453,7 +454,7 @@ class OSInteraction:
     """
 
     @staticmethod
-    def plan_shape(params: dict[str, Any]) -> Any:
+    def plan_shape(params: dict[str, Any]) -> TaskShape:
         """What a child costs (the planning hook of :mod:`cycleqd.scorers`)."""
         return data_shape(
             params, 100, turns=8, turns_param="max_turns", prompt_tokens=600, new_tokens=256
