@@ -13,8 +13,8 @@ import time
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from cycleqd.decode import greedy_decode, train_tokenizer
-from cycleqd.skills import SKILLS, generate
+from cycleqd.generation.decode import greedy_decode, train_tokenizer
+from cycleqd.suite.skills import SKILLS, generate
 
 
 def main() -> None:

@@ -24,12 +24,12 @@ import yaml
 from _timing import timed  # bench/ is the script folder
 
 from cycleqd import load_config
-from cycleqd.evaluator import LocalEvaluator
-from cycleqd.materialize import Materializer
-from cycleqd.models import load_models
+from cycleqd.evaluation.local import LocalEvaluator
+from cycleqd.models.sources import load_models
 from cycleqd.operators import CROSSOVERS, MUTATIONS, MutationContext
 from cycleqd.scorers import SCORERS
-from cycleqd.tinylm import TinyLMRecipe
+from cycleqd.suite.tinylm import TinyLMRecipe
+from cycleqd.weights.materialize import Materializer
 
 
 def candidates(cfg, space, count: int) -> list:
@@ -73,7 +73,7 @@ def main() -> None:
     args = parser.parse_args()
     import ray
 
-    from cycleqd.ray_evaluator import RayEvaluator
+    from cycleqd.evaluation.ray_evaluator import RayEvaluator
 
     cfg = load_config(small_config(args.config) if args.small else args.config)
     source, space = load_models(cfg)

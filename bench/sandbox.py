@@ -10,7 +10,7 @@ import argparse
 
 from _timing import timed  # bench/ is the script folder
 
-from cycleqd.sandbox import Sandbox
+from cycleqd.sandbox.box import Sandbox
 
 
 def main() -> None:

@@ -32,12 +32,12 @@ import numpy as np
 import torch
 
 from cycleqd import Genome, load_config
-from cycleqd.evaluator import LocalEvaluator
-from cycleqd.models import load_models
+from cycleqd.evaluation.local import LocalEvaluator
+from cycleqd.models.sources import load_models
 from cycleqd.scorers import SCORERS
-from cycleqd.skills import generate
 from cycleqd.stats import interval, resampled_columns
-from cycleqd.tinylm import TinyLMRecipe, build_info
+from cycleqd.suite.skills import generate
+from cycleqd.suite.tinylm import TinyLMRecipe, build_info
 
 REPO = Path(__file__).resolve().parents[1]
 

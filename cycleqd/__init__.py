@@ -25,22 +25,22 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "Archives": "cycleqd.archive",
+    "Archives": "cycleqd.engine.archive",
     "ConfigError": "cycleqd.config",
     "CycleQDError": "cycleqd.errors",
-    "Evolver": "cycleqd.evolver",
-    "Genome": "cycleqd.genome",
-    "Materializer": "cycleqd.materialize",
+    "Evolver": "cycleqd.engine.evolver",
+    "Genome": "cycleqd.weights.genome",
+    "Materializer": "cycleqd.weights.materialize",
     "ModelLoadError": "cycleqd.errors",
     "NonFiniteError": "cycleqd.errors",
-    "Registry": "cycleqd._registry",
-    "Run": "cycleqd.run",
+    "Registry": "cycleqd.registry",
+    "Run": "cycleqd.engine.run",
     "RunConfig": "cycleqd.config",
     "UnknownNameError": "cycleqd.errors",
-    "WeightSpace": "cycleqd.weights",
+    "WeightSpace": "cycleqd.weights.space",
     "load_config": "cycleqd.config",
-    "load_run": "cycleqd.run",
-    "load_state_dict": "cycleqd.checkpoints",
+    "load_run": "cycleqd.engine.run",
+    "load_state_dict": "cycleqd.weights.checkpoints",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -99,8 +99,8 @@ def evolve(
 ) -> None:
     """Run CycleQD: seed the archives with the experts, evolve, report on the test split."""
     from cycleqd.config import ConfigError, load_config
+    from cycleqd.engine.store import RunStore
     from cycleqd.errors import CycleQDError
-    from cycleqd.store import RunStore
 
     try:
         existed = True
@@ -173,8 +173,8 @@ def _evolve(cfg: Any, store: Any, resume: bool) -> dict[str, Any]:
         TimeRemainingColumn,
     )
 
-    from cycleqd.evolver import Evolver
-    from cycleqd.progress import progress as stage
+    from cycleqd.engine.evolver import Evolver
+    from cycleqd.engine.progress import progress as stage
 
     progress = Progress(
         TextColumn("[bold]gen {task.completed}/{task.total}"),
@@ -232,7 +232,7 @@ def compare(
     """
     import time
 
-    from cycleqd.compare import compare as run_compare
+    from cycleqd.compare.study import compare as run_compare
     from cycleqd.config import load_config
     from cycleqd.errors import CycleQDError
 
@@ -281,7 +281,7 @@ def plan(
     """
     from cycleqd.config import load_config
     from cycleqd.errors import CycleQDError
-    from cycleqd.plan import GiB, make_plan
+    from cycleqd.planning.plan import GiB, make_plan
 
     try:
         cfg = load_config(config, overrides)
@@ -365,7 +365,7 @@ def experts_build(
 
     from cycleqd.config import load_config
     from cycleqd.errors import CycleQDError
-    from cycleqd.models import build_source
+    from cycleqd.models.sources import build_source
 
     try:
         cfg = load_config(config, overrides or [])
@@ -381,7 +381,7 @@ def experts_build(
     for name, path in [("base", base), *((f"expert {t}", p) for t, p in experts.items())]:
         console.print(f"  {name}: {path}", soft_wrap=True, highlight=False)
     if cfg.models.source == "tinylm":
-        from cycleqd.tinylm import build_info
+        from cycleqd.suite.tinylm import build_info
 
         info = build_info(base)
         console.print(
@@ -396,8 +396,8 @@ def show(
     top: Annotated[int, typer.Option(help="Elites listed per archive.")] = 5,
 ) -> None:
     """Print each archive's best elites and the final results."""
+    from cycleqd.engine.run import load_run
     from cycleqd.errors import CycleQDError
-    from cycleqd.run import load_run
 
     try:
         loaded = load_run(run)
@@ -438,10 +438,10 @@ def export(
     ] = None,
 ) -> None:
     """Write a model as a Hugging Face checkpoint (or a safetensors state dict)."""
-    from cycleqd._io import public_mkdtemp
     from cycleqd.config import ConfigError
+    from cycleqd.engine.run import load_run
     from cycleqd.errors import CycleQDError
-    from cycleqd.run import load_run
+    from cycleqd.weights._io import public_mkdtemp
 
     try:
         if sum([final, best is not None, elite is not None]) != 1:

@@ -297,7 +297,7 @@ class RunConfig(_Strict):
         Raises:
             UnknownNameError: a name that no registry resolves (the registered ones listed).
         """
-        from cycleqd.models import SOURCES
+        from cycleqd.models.sources import SOURCES
         from cycleqd.operators import CROSSOVERS, MUTATIONS, SELECTIONS
         from cycleqd.scorers import SCORERS
 

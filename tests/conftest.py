@@ -141,7 +141,7 @@ def tinylm_micro(tmp_path_factory):
     """The tiny language models of the micro recipe, built once: (cache, source, paths)."""
     from dataclasses import asdict
 
-    from cycleqd.tinylm import TinyLMRecipe, TinyLMSource
+    from cycleqd.suite.tinylm import TinyLMRecipe, TinyLMSource
 
     cache = tmp_path_factory.mktemp("tinylm")
     source = TinyLMSource(**asdict(TinyLMRecipe.micro()))
@@ -152,7 +152,7 @@ def tiny_quickstart_yaml(path, cache, *, problems=4, final=None, evaluation=None
     """The quickstart config on the micro tiny LMs in ``cache``: a run of seconds."""
     from dataclasses import asdict
 
-    from cycleqd.tinylm import TinyLMRecipe
+    from cycleqd.suite.tinylm import TinyLMRecipe
 
     data = yaml.safe_load(open(REPO / "experiments" / "quickstart.yaml"))
     data["cache_dir"] = str(cache)

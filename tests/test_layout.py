@@ -1,4 +1,4 @@
-"""The package's import graph, read from the source: no circles, and the engine stands alone.
+"""The package's layout, read from the source: rooms, arrows that run one way, small modules.
 
 The embedded suite (the tiny models, their skills, the digits demo, language retention) is an
 example built on the engine: nothing in the engine, the weights, evaluation, the sandbox or the
@@ -10,10 +10,19 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "cycleqd"
-SUITE = {"cycleqd.skills", "cycleqd.tinylm", "cycleqd.digits", "cycleqd.language"}
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "cycleqd"
+SUITE = "cycleqd.suite"
 #: What may build on the suite: the command line, the comparison study and the package's face.
-ABOVE_SUITE = {"cycleqd", "cycleqd.cli", "cycleqd.__main__", "cycleqd.compare"}
+ABOVE_SUITE = {"cycleqd", "cycleqd.cli", "cycleqd.__main__"}
+ABOVE_SUITE_PACKAGES = ("cycleqd.compare",)
+#: What ``cycleqd/`` itself holds beside its subpackages.
+TOP_LEVEL = {"__init__.py", "__main__.py", "cli.py", "config.py", "errors.py", "registry.py"}
+MAX_LINES = 450
+
+
+def in_package(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
 
 
 def modules() -> dict[str, Path]:
@@ -84,7 +93,7 @@ def circles(graph: dict[str, set[str]]) -> list[list[str]]:
 def test_the_finder_sees_circles_and_lazy_imports():
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     assert circles(graph) == [["a", "b", "c"]]
-    assert "cycleqd.tinylm" in import_graph()["cycleqd.cli"]  # a lazy import inside a function
+    assert "cycleqd.suite.tinylm" in import_graph()["cycleqd.cli"]  # a lazy import in a function
 
 
 def test_no_module_of_the_package_imports_itself_back():
@@ -93,6 +102,59 @@ def test_no_module_of_the_package_imports_itself_back():
 
 def test_the_engine_does_not_import_the_embedded_suite():
     graph = import_graph()
-    below = {m for m in graph if m not in SUITE | ABOVE_SUITE}
-    offenders = {m: sorted(graph[m] & SUITE) for m in below if graph[m] & SUITE}
+    above = {m for m in graph if m in ABOVE_SUITE or in_package(m, SUITE)}
+    above |= {m for m in graph for p in ABOVE_SUITE_PACKAGES if in_package(m, p)}
+    below = set(graph) - above
+    assert {"cycleqd.engine.evolver", "cycleqd.scorers.code", "cycleqd.sandbox.box"} <= below
+    offenders = {
+        m: sorted(n for n in graph[m] if in_package(n, SUITE))
+        for m in below
+        if any(in_package(n, SUITE) for n in graph[m])
+    }
     assert offenders == {}
+
+
+def test_the_package_top_holds_only_its_face_config_cli_errors_and_registry():
+    files = {p.name for p in PACKAGE.glob("*.py")}
+    assert files == TOP_LEVEL
+    rooms = {p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    assert {"engine", "weights", "operators", "evaluation", "sandbox", "scorers", "suite"} <= rooms
+
+
+def test_no_module_is_longer_than_the_limit():
+    lengths = {
+        str(p.relative_to(ROOT)): len(p.read_text().splitlines()) for p in PACKAGE.rglob("*.py")
+    }
+    lengths |= {
+        str(p.relative_to(ROOT)): len(p.read_text().splitlines())
+        for p in (ROOT / "kernels").glob("*.py")
+    }
+    assert {p: n for p, n in lengths.items() if n > MAX_LINES} == {}
+
+
+def test_the_loop_is_short_and_never_probes_its_evaluator():
+    assert len((PACKAGE / "engine" / "evolver.py").read_text().splitlines()) < 300
+    for path in (PACKAGE / "engine").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) in (
+                "getattr",
+                "hasattr",
+            ):
+                assert "evaluator" not in ast.unparse(node.args[0]), (path.name, ast.unparse(node))
+
+
+def test_the_tests_mirror_the_package():
+    rooms = {p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    folders = {
+        p.name for p in (ROOT / "tests").iterdir() if p.is_dir() and any(p.glob("test_*.py"))
+    }
+    assert rooms | {"kernels"} <= folders
+    assert not list((ROOT / "tests").glob("test_*.py")) or {
+        p.name for p in (ROOT / "tests").glob("test_*.py")
+    } <= {
+        "test_cli.py",
+        "test_layout.py",
+        "test_notebook.py",
+        "test_bench_scripts.py",
+        "test_config.py",
+    }

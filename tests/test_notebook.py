@@ -7,7 +7,7 @@ from conftest import REPO, tiny_quickstart_yaml
 from nbclient import NotebookClient
 
 from cycleqd import Evolver, load_config
-from cycleqd.store import RunStore
+from cycleqd.engine.store import RunStore
 
 
 def outputs(cell) -> str:

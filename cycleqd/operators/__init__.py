@@ -15,7 +15,6 @@ Public names:
     SvdExpert, SvdChild, GaussianMutation, NoMutation, MutationContext, svd_child_error_bound.
 """
 
-from cycleqd._mergekit import mergekit_merge, mergekit_method_names
 from cycleqd.operators._crossover import CROSSOVERS, GaussianTaskArithmetic, MergekitCrossover
 from cycleqd.operators._mutation import (
     MUTATIONS,
@@ -32,6 +31,7 @@ from cycleqd.operators._selection import (
     UniformSelection,
     elite_sampling_weights,
 )
+from cycleqd.weights._mergekit import mergekit_merge, mergekit_method_names
 
 __all__ = [
     "CROSSOVERS",

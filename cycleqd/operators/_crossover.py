@@ -9,11 +9,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from cycleqd._mergekit import merge_plan, mergekit_method, mergekit_method_names
-from cycleqd._registry import Registry
 from cycleqd.errors import CycleQDError
-from cycleqd.genome import Genome
-from cycleqd.weights import WeightSpace
+from cycleqd.registry import Registry
+from cycleqd.weights._mergekit import merge_plan, mergekit_method, mergekit_method_names
+from cycleqd.weights.genome import Genome
+from cycleqd.weights.space import WeightSpace
 
 __all__ = ["CROSSOVERS", "GaussianTaskArithmetic", "MergekitCrossover"]
 

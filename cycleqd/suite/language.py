@@ -1,0 +1,109 @@
+"""Language retention, measured through lm-eval (the paper's Table 3 keeps general ability in view).
+
+A local lm-eval task (written by this module, read by lm-eval's own task loader; nothing comes
+from a hub) scores held-out generic text — paragraphs of CPython's bundled documentation topics
+that no model of the embedded suite trains on — with ``loglikelihood_rolling``. lm-eval reports
+bits per byte; the score is ``2 ** -bits_per_byte``, the geometric mean probability per byte, in
+(0, 1] and higher for better retention.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from cycleqd.errors import CycleQDError
+from cycleqd.scorers import TaskShape
+from cycleqd.scorers.lm_eval_tasks import quiet_lm_eval
+
+__all__ = ["LanguageRetention", "TASK"]
+
+TASK = "cycleqd_language"
+
+_TASK_YAML = """task: {task}
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    {split}: {path}
+test_split: {split}
+output_type: loglikelihood_rolling
+doc_to_text: ""
+doc_to_target: "{{{{text}}}}"
+metric_list:
+  - metric: bits_per_byte
+    aggregation: bits_per_byte
+    higher_is_better: false
+"""
+
+
+class LanguageRetention:
+    """Scorer: ``2 ** -bits_per_byte`` on held-out text, computed by ``lm_eval.simple_evaluate``.
+
+    Args:
+        documents: paragraphs per split.
+        max_length: the model's context for lm-eval's rolling windows.
+        batch_size: lm-eval batch size.
+    """
+
+    @staticmethod
+    def plan_shape(params: dict[str, Any]) -> TaskShape:
+        """What a scoring costs: its documents, read, not generated (the planning hook)."""
+        documents = int(params.get("documents", 40))
+        return TaskShape(problems=documents, prompt_tokens=128, new_tokens=1)
+
+    def __init__(self, *, documents: int = 40, max_length: int = 128, batch_size: int = 16) -> None:
+        from cycleqd.suite.tinylm import generic_text
+
+        paragraphs = generic_text("test")
+        if len(paragraphs) < 2 * documents:
+            raise CycleQDError(
+                f"only {len(paragraphs)} held-out paragraphs: ask for at most "
+                f"{len(paragraphs) // 2} documents"
+            )
+        self.max_length, self.batch_size = max_length, batch_size
+        self._dir = Path(tempfile.mkdtemp(prefix="cycleqd-lm-eval-"))
+        files = {}
+        for split, chunk in (
+            ("val", paragraphs[:documents]),
+            ("test", paragraphs[documents : 2 * documents]),
+        ):
+            files[split] = self._dir / f"{split}.jsonl"
+            files[split].write_text("".join(json.dumps({"text": t}) + "\n" for t in chunk))
+            (self._dir / f"{TASK}_{split}.yaml").write_text(
+                _TASK_YAML.format(task=f"{TASK}_{split}", split=split, path=files[split])
+            )
+        self.documents = {
+            "val": paragraphs[:documents],
+            "test": paragraphs[documents : 2 * documents],
+        }
+
+    def __call__(self, model: Any, split: str) -> float:
+        """``2 ** -bits_per_byte`` of ``model`` on ``split``'s paragraphs."""
+        import lm_eval
+        from lm_eval.models.huggingface import HFLM
+        from lm_eval.tasks import TaskManager
+
+        tokenizer = getattr(model, "tokenizer", None)
+        if tokenizer is None:
+            raise CycleQDError("LanguageRetention needs the model's tokenizer as model.tokenizer")
+        if split not in self.documents:
+            raise CycleQDError(f"unknown split {split!r}; use val or test")
+        with quiet_lm_eval():
+            lm = HFLM(
+                pretrained=model,
+                tokenizer=tokenizer,
+                batch_size=self.batch_size,
+                max_length=self.max_length,
+            )
+            manager = TaskManager(include_path=str(self._dir))
+            results = lm_eval.simple_evaluate(
+                model=lm,
+                tasks=[f"{TASK}_{split}"],
+                task_manager=manager,
+                verbosity="ERROR",
+                log_samples=False,
+            )
+        bits_per_byte = results["results"][f"{TASK}_{split}"]["bits_per_byte,none"]
+        return float(2.0**-bits_per_byte)

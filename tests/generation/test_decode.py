@@ -1,0 +1,96 @@
+"""Batched greedy decoding equals transformers' generate; the tokenizer saves and loads."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cycleqd.generation.decode import greedy_decode, train_tokenizer
+from cycleqd.suite.skills import SKILLS, generate
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return train_tokenizer(
+        [f"{p.prompt} {p.gold}" for s in SKILLS for p in generate(s, "train", 100)], vocab_size=400
+    )
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(1)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+def _generate_one_by_one(model, tokenizer, prompts, n):
+    out = []
+    for prompt in prompts:
+        encoded = tokenizer(prompt, return_tensors="pt")
+        with torch.no_grad():
+            ids = model.generate(
+                **encoded, max_new_tokens=n, do_sample=False, pad_token_id=tokenizer.pad_token_id
+            )
+        out.append(
+            tokenizer.decode(ids[0, encoded["input_ids"].shape[1] :], skip_special_tokens=True)
+        )
+    return out
+
+
+def test_batched_decoding_equals_generate(model, tokenizer):
+    prompts = [p.prompt for s in SKILLS for p in generate(s, "val", 4)]
+    assert len({len(tokenizer(p)["input_ids"]) for p in prompts}) > 1  # padding is exercised
+    ours = greedy_decode(model, tokenizer, prompts, max_new_tokens=12, stop=None, batch_size=5)
+    assert ours == _generate_one_by_one(model, tokenizer, prompts, 12)
+
+
+def test_per_prompt_limits_equal_decoding_each_with_its_own(model, tokenizer):
+    prompts = [p.prompt for s in SKILLS for p in generate(s, "val", 2)]
+    limits = [3, 9, 1, 12, 5, 7]
+    together = greedy_decode(model, tokenizer, prompts, max_new_tokens=limits, stop=None)
+    alone = [
+        greedy_decode(model, tokenizer, [p], max_new_tokens=n, stop=None)[0]
+        for p, n in zip(prompts, limits, strict=True)
+    ]
+    assert together == alone
+    assert len({len(tokenizer(a)["input_ids"]) for a in together}) > 1
+
+
+def test_stop_string_ends_a_completion(model, tokenizer):
+    prompts = [p.prompt for p in generate("sql", "val", 3)]
+    full = greedy_decode(model, tokenizer, prompts, max_new_tokens=12, stop=None)
+    cut_at = full[0][3:5] or full[0][:1]
+    stopped = greedy_decode(model, tokenizer, prompts[:1], max_new_tokens=12, stop=cut_at)
+    assert stopped[0] == full[0].split(cut_at)[0]
+
+
+@pytest.mark.parametrize("char", [" ", "e", "\n"])
+def test_a_one_character_stop_checked_per_token_cuts_where_the_text_does(model, tokenizer, char):
+    prompts = [p.prompt for s in SKILLS for p in generate(s, "val", 3)]
+    full = greedy_decode(model, tokenizer, prompts, max_new_tokens=10, stop=None)
+    cut = greedy_decode(model, tokenizer, prompts, max_new_tokens=10, stop=char)
+    assert cut == [t.split(char)[0] for t in full]
+    if char != "\n":
+        assert any(char in t for t in full)  # the stop is exercised
+
+
+def test_tokenizer_round_trips_through_save_and_autotokenizer(tokenizer, tmp_path):
+    from transformers import AutoTokenizer
+
+    tokenizer.save_pretrained(tmp_path)
+    loaded = AutoTokenizer.from_pretrained(tmp_path)
+    text = "SELECT COUNT(*) FROM employees WHERE salary > 80000"
+    assert loaded(text)["input_ids"] == tokenizer(text)["input_ids"]
+    assert loaded.decode(loaded(text)["input_ids"]) == text
+    assert loaded.pad_token == "<pad>" and loaded.eos_token == "<eos>"
