@@ -10,13 +10,13 @@ from conftest import REPO
 
 from cycleqd.errors import CycleQDError
 from cycleqd.scorers import SCORERS
-from cycleqd.scorers.dbbench.scorer import (
-    DBBench,
-    load_questions,
+from cycleqd.scorers.dbbench.conversation import (
     normalize_answer,
     parse_action,
     parse_final_answer,
 )
+from cycleqd.scorers.dbbench.questions import load_questions
+from cycleqd.scorers.dbbench.scorer import DBBench
 
 EMPLOYEES = {
     "table_name": "employees",

@@ -10,14 +10,14 @@ import pytest
 from conftest import REPO
 
 from cycleqd.errors import CycleQDError
-from cycleqd.scorers.os_interaction.scorer import (
+from cycleqd.scorers.os_interaction.episode import (
     EMPTY_OBSERVATION,
     NEW_PROBLEM,
     OBSERVATION,
-    OSInteraction,
-    load_tasks,
     parse_action,
 )
+from cycleqd.scorers.os_interaction.scorer import OSInteraction
+from cycleqd.scorers.os_interaction.tasks import load_tasks
 
 SAMPLE = REPO / "experiments" / "data" / "os_sample.json"
 
