@@ -37,44 +37,6 @@ def _fail(exc: Exception) -> None:
     raise typer.Exit(2)
 
 
-def _summary_table(summary: dict[str, Any]) -> Table:
-    """The report as a table: each score with its 95% interval over requests where known."""
-    tasks = summary["tasks"]
-    intervals = summary.get("intervals", {})
-    bounds = intervals.get("methods", {})
-    differences = intervals.get("differences", {})
-    reference = intervals.get("reference")
-    title = f"{summary['split']} split"
-    if bounds:
-        title += " (95% intervals over requests)"
-    table = Table(title=title)
-    table.add_column("method")
-    report = summary.get("report", [])
-    columns = [*tasks, "average"] + (
-        ["retention"] if any("retention" in row for row in summary["methods"].values()) else []
-    )
-    for column in columns:
-        table.add_column(column, justify="right")
-    for metric in report:
-        table.add_column(f"{metric} (not evolved)", justify="right")
-    if differences:
-        table.add_column(f"{reference} − method: average", justify="right")
-    for name, scores in summary["methods"].items():
-        values = [scores[t] for t in tasks]
-        scores = {"average": sum(values) / len(values)} | scores
-        cells = []
-        for column in columns:
-            cell = f"{scores.get(column, float('nan')):.3f}"
-            span = bounds.get(name, {}).get(column)
-            cells.append(cell + (f" [{span[0]:.3f}, {span[1]:.3f}]" if span else ""))
-        cells += [f"{scores[m]:.3f}" for m in report]
-        if differences:
-            d = differences.get(name, {}).get("average")
-            cells.append(f"{d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]" if d else "")
-        table.add_row(name, *cells)
-    return table
-
-
 @app.command()
 def evolve(
     config: Annotated[
@@ -100,6 +62,7 @@ def evolve(
     """Run CycleQD: seed the archives with the experts, evolve, report on the test split."""
     from cycleqd.config import ConfigError, load_config
     from cycleqd.engine.store import RunStore
+    from cycleqd.engine.summary_table import summary_table
     from cycleqd.errors import CycleQDError
 
     try:
@@ -151,7 +114,7 @@ def evolve(
             raise
     except CycleQDError as exc:
         _fail(exc)
-    console.print(_summary_table(summary))
+    console.print(summary_table(summary))
     console.print(f"run folder: {store.root}")
 
 
@@ -281,7 +244,8 @@ def plan(
     """
     from cycleqd.config import load_config
     from cycleqd.errors import CycleQDError
-    from cycleqd.planning.plan import GiB, make_plan
+    from cycleqd.planning.plan import make_plan
+    from cycleqd.planning.render import print_plan
 
     try:
         cfg = load_config(config, overrides)
@@ -293,54 +257,7 @@ def plan(
         if not result.fits:
             raise typer.Exit(1)
         return
-    arch = result.architecture
-    workers = cfg.evaluation.workers if cfg.evaluation.backend == "ray" else 1
-    console.print(
-        f"[bold]{cfg.name}[/]: {len(cfg.tasks)} tasks, {arch.parameters / 1e9:.3g} B "
-        f"parameters ({arch.source}); one worker on {result.device.name}"
-    )
-    memory = Table(title="Memory per worker", title_justify="left")
-    memory.add_column("item")
-    memory.add_column("GiB", justify="right")
-    for name, size in result.memory.items():
-        memory.add_row(name, f"{size / GiB:.2f}")
-    for name, size in result.transient.items():
-        memory.add_row(f"{name} (transient)", f"{size / GiB:.2f}")
-    verdict = "[green]fits[/]" if result.fits else "[red]does not fit[/]"
-    when = "materialising" if result.first_child > result.steady else "generating"
-    memory.add_row(
-        f"[bold]peak[/], {when} (budget {result.budget / GiB:.1f})",
-        f"[bold]{result.total / GiB:.2f}[/] {verdict}",
-    )
-    console.print(memory)
-    cost = Table(title="Cost per child (estimate)", title_justify="left")
-    cost.add_column("step")
-    cost.add_column("seconds", justify="right")
-    for name, secs in result.seconds.items():
-        cost.add_row(name, f"{secs:.2f}")
-    cost.add_row("[bold]total[/]", f"[bold]{result.per_child:.2f}[/]")
-    console.print(cost)
-    for w in result.workloads:
-        if w.sequences:
-            console.print(
-                f"  {w.task}: {w.problems} problems × {w.turns} turn(s), batch {w.batch}, "
-                f"context up to {w.sequence} tokens, backend {w.backend}"
-            )
-    console.print(
-        f"Run: {cfg.evolution.generations} generations × {cfg.evolution.batch_size} children "
-        f"on {workers} worker(s) ≈ {result.run_hours:.1f} h"
-    )
-    for note in result.notes:
-        console.print(f"  note: {note}")
-    for blocker in result.blockers:
-        errors.print(f"[bold red]error:[/] {blocker}", highlight=False)
-    if result.total > result.budget:
-        errors.print(
-            f"[bold red]error:[/] a worker needs {result.total / GiB:.1f} GiB but has "
-            f"{result.budget / GiB:.1f} GiB; largest items:"
-        )
-        for hint in result.advice():
-            errors.print(f"  - {hint}", highlight=False)
+    print_plan(result, cfg, console, errors)
     if not result.fits:
         raise typer.Exit(1)
 
@@ -397,6 +314,7 @@ def show(
 ) -> None:
     """Print each archive's best elites and the final results."""
     from cycleqd.engine.run import load_run
+    from cycleqd.engine.summary_table import summary_table
     from cycleqd.errors import CycleQDError
 
     try:
@@ -417,7 +335,7 @@ def show(
             table.add_row(row["genome"][:12], *(f"{row[t]:.3f}" for t in loaded.tasks))
         console.print(table)
     if loaded.summary is not None:
-        console.print(_summary_table(loaded.summary))
+        console.print(summary_table(loaded.summary))
     else:
         console.print(
             f"no final results yet (generation {loaded.generation} of "

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from cycleqd import load_config
 from cycleqd.cli import app
-from cycleqd.compare.study import ABLATIONS, compare, evaluation_budget
+from cycleqd.compare import ABLATIONS, compare, evaluation_budget
 from cycleqd.config import ConfigError
 from cycleqd.suite.tinylm import TinyLMRecipe
 

@@ -15,7 +15,7 @@ from cycleqd.cli import app
 from cycleqd.config import load_config
 from cycleqd.errors import CycleQDError
 from cycleqd.models.sources import PathsSource, resolve_model
-from cycleqd.planning.plan import GiB, architecture, make_plan, workload
+from cycleqd.planning import GiB, architecture, make_plan, workload
 from cycleqd.weights.space import DEFAULT_SVD_EXCLUDE
 
 runner = CliRunner()
