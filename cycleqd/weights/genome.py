@@ -6,7 +6,7 @@ A child's task vector ``δ = θ − θ_base`` is
   tensor ``t`` and expert ``k`` — what task-arithmetic crossover of linear parents yields; or a
   **merge node** — a non-linear operator (mergekit's ties, dare, slerp, …) applied to parent
   genomes, replayed through the materialiser's cache of parent weights;
-* plus **mutation terms**, each exactly reproducible:
+* plus **mutation terms**, each exactly reproducible (:mod:`cycleqd.weights.terms`):
 
   - spectral (``svd_expert``): ``U_k diag(r ⊙ S_k) V_kᵀ`` along the cached SVD of ``τ_k[t]``,
     stored as the coordinates ``r``;
@@ -18,13 +18,12 @@ linear genome: lineages never grow a chain of operations. A genome of K = 3 expe
 model is kilobytes (coefficients) to megabytes (spectral coordinates), against a 1 GB checkpoint.
 
 Genomes serialise to safetensors bytes (tensors) with a JSON header (structure, seeds,
-provenance) — no pickle. :attr:`Genome.id` is a hash of the content, provenance excluded.
+provenance) — no pickle (:mod:`cycleqd.weights._codec`). :attr:`Genome.id` is a hash of the
+content, provenance excluded.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
@@ -32,48 +31,29 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
 
 from cycleqd.errors import CycleQDError
+from cycleqd.weights._codec import (
+    FORMAT,  # noqa: F401 (importable from here, as before)
+    content_id,
+    pack,
+    unpack,
+)
 from cycleqd.weights._io import atomic_write_bytes
+from cycleqd.weights.terms import (
+    LowRankTerm,
+    NoiseTerm,
+    SpectralKey,
+    decode_terms,
+    encode_terms,
+    scale_terms,
+    sum_terms,
+)
 
 __all__ = ["Genome", "LowRankTerm", "MergeNode", "NoiseTerm", "SpectralKey", "WEIGHTED_SUM"]
 
-FORMAT = "cycleqd.genome/1"
 #: The merge-node method that a weighted sum of non-linear parents records.
 WEIGHTED_SUM = "weighted_sum"
-
-#: ``(expert index, svd rank or None for full rank)``: which cached factors spectral terms use.
-SpectralKey = tuple[int, int | None]
-
-
-def _spectral_order(key: SpectralKey) -> tuple[int, int]:
-    """Canonical order of spectral terms: replay sums them in this order, in any process."""
-    return key[0], -1 if key[1] is None else key[1]
-
-
-@dataclass(frozen=True, eq=False)
-class NoiseTerm:
-    """``scale[t] · N(0, 1)`` added to tensor ``t``, the noise drawn from ``seed`` and ``t``."""
-
-    seed: int
-    scale: torch.Tensor  # [T] fp32; 0 leaves a tensor untouched
-
-
-@dataclass(frozen=True, eq=False)
-class LowRankTerm:
-    """``u diag(s) vᵀ`` added to 2-D tensor ``tensor``.
-
-    ``key`` identifies the term's origin, so that copies reaching a child through both parents
-    merge.
-    """
-
-    key: str
-    tensor: int
-    u: torch.Tensor  # [m, r]
-    s: torch.Tensor  # [r]
-    v: torch.Tensor  # [n, r]
 
 
 @dataclass(frozen=True, eq=False)
@@ -246,41 +226,10 @@ class Genome:
 
     def _scaled_terms(self, w: torch.Tensor) -> Genome:
         """This genome's mutation terms (no linear part), scaled per tensor by ``w``."""
-        spectral = {
-            key: {t: r * w[t] for t, r in coords.items() if w[t] != 0}
-            for key, coords in self.spectral.items()
-        }
-        noise = tuple(NoiseTerm(n.seed, n.scale * w) for n in self.noise)
-        lowrank = tuple(
-            replace(lr, s=lr.s * w[lr.tensor]) for lr in self.lowrank if w[lr.tensor] != 0
-        )
-        return replace(self, spectral=spectral, noise=noise, lowrank=lowrank)
+        return replace(self, **scale_terms(self, w))
 
     def _add_terms(self, others: Sequence[Genome]) -> Genome:
-        spectral = {key: dict(coords) for key, coords in self.spectral.items()}
-        noise = {n.seed: n.scale for n in self.noise}
-        lowrank = {lr.key: lr for lr in self.lowrank}
-        for other in others:
-            for key, coords in other.spectral.items():
-                into = spectral.setdefault(key, {})
-                for t, r in coords.items():
-                    into[t] = into[t] + r if t in into else r.clone()
-            for n in other.noise:
-                noise[n.seed] = noise[n.seed] + n.scale if n.seed in noise else n.scale
-            for lr in other.lowrank:
-                lowrank[lr.key] = (
-                    replace(lr, s=lowrank[lr.key].s + lr.s) if lr.key in lowrank else lr
-                )
-        return replace(
-            self,
-            spectral={
-                key: dict(sorted(spectral[key].items()))
-                for key in sorted(spectral, key=_spectral_order)
-                if spectral[key]
-            },
-            noise=tuple(NoiseTerm(s, scale) for s, scale in sorted(noise.items())),
-            lowrank=tuple(lowrank[k] for k in sorted(lowrank)),
-        )
+        return replace(self, **sum_terms(self, others))
 
     def with_terms(
         self,
@@ -329,18 +278,7 @@ class Genome:
                 "weights": None if m.weights is None else put(m.weights),
                 "parents": [p.id for p in m.parents],
             }
-        header["spectral"] = [
-            {"expert": k, "rank": rank, "tensor": t, "r": put(r)}
-            for (k, rank), coords in sorted(
-                self.spectral.items(), key=lambda kv: _spectral_order(kv[0])
-            )
-            for t, r in sorted(coords.items())
-        ]
-        header["noise"] = [{"seed": n.seed, "scale": put(n.scale)} for n in self.noise]
-        header["lowrank"] = [
-            {"key": lr.key, "tensor": lr.tensor, "u": put(lr.u), "s": put(lr.s), "v": put(lr.v)}
-            for lr in self.lowrank
-        ]
+        header.update(encode_terms(self, put))
         if with_meta and self.meta:
             header["meta"] = dict(self.meta)
         return header
@@ -375,13 +313,7 @@ class Genome:
         """
         tensors: dict[str, torch.Tensor] = {}
         nodes = {gid: g._node(tensors, with_meta=True) for gid, g in self.lineage().items()}
-        header = {"root": self.id, "nodes": nodes}
-        metadata = {
-            "format": FORMAT,
-            "space": self.space,
-            "genome": json.dumps(header, sort_keys=True),
-        }
-        return st_save(tensors, metadata=metadata)
+        return pack(self.space, self.id, nodes, tensors)
 
     @cached_property
     def id(self) -> str:
@@ -392,12 +324,7 @@ class Genome:
         """
         tensors: dict[str, torch.Tensor] = {}
         header = self._node(tensors, with_meta=False)
-        h = hashlib.sha256(f"{FORMAT}|{self.space}|".encode())
-        h.update(json.dumps(header, sort_keys=True).encode())
-        for key in sorted(tensors, key=lambda k: int(k[1:])):
-            h.update(f"|{key}{tuple(tensors[key].shape)}|".encode())
-            h.update(tensors[key].numpy().tobytes())
-        return h.hexdigest()[:20]
+        return content_id(self.space, header, tensors)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Genome:
@@ -406,34 +333,7 @@ class Genome:
         Raises:
             CycleQDError: the bytes are not a cycleqd genome (or are truncated or corrupt).
         """
-        try:
-            tensors = st_load(data)
-            header_len = int.from_bytes(data[:8], "little")
-            metadata = json.loads(data[8 : 8 + header_len]).get("__metadata__", {})
-            if metadata.get("format") != FORMAT:
-                raise ValueError(f"format {metadata.get('format')!r}")
-            header = json.loads(metadata["genome"])
-            nodes, built = header["nodes"], {}
-            stack = [header["root"]]
-            while stack:  # parents before children, iteratively
-                gid = stack[-1]
-                missing = [
-                    p for p in nodes[gid].get("merge", {}).get("parents", []) if p not in built
-                ]
-                if missing:
-                    stack.extend(missing)
-                    continue
-                stack.pop()
-                if gid not in built:
-                    built[gid] = cls._decode(nodes[gid], tensors, metadata["space"], built)
-                    if built[gid].id != gid:
-                        raise ValueError(f"node {gid} does not hash to its id (corrupt file)")
-            return built[header["root"]]
-        except Exception as exc:  # SafetensorError, truncated JSON, a missing key: all corrupt
-            raise CycleQDError(
-                f"not a cycleqd genome file ({type(exc).__name__}: {exc}); genomes are written "
-                "by Genome.save / the run store"
-            ) from exc
+        return unpack(data, cls._decode)
 
     @classmethod
     def _decode(
@@ -453,23 +353,13 @@ class Genome:
                 parents=tuple(built[p] for p in m["parents"]),
                 weights=None if m["weights"] is None else tensors[m["weights"]],
             )
-        spectral: dict[SpectralKey, dict[int, torch.Tensor]] = {}
-        for s in h["spectral"]:
-            spectral.setdefault((s["expert"], s["rank"]), {})[s["tensor"]] = tensors[s["r"]]
         return cls(
             space=space,
             num_tensors=h["T"],
             num_experts=h["K"],
             coefficients=tensors[h["coefficients"]] if "coefficients" in h else None,
             merge=merge,
-            spectral=spectral,
-            noise=tuple(NoiseTerm(n["seed"], tensors[n["scale"]]) for n in h["noise"]),
-            lowrank=tuple(
-                LowRankTerm(
-                    lr["key"], lr["tensor"], tensors[lr["u"]], tensors[lr["s"]], tensors[lr["v"]]
-                )
-                for lr in h["lowrank"]
-            ),
+            **decode_terms(h, tensors),
             meta=h.get("meta", {}),
         )
 

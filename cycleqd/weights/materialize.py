@@ -18,8 +18,9 @@ import torch
 from cycleqd.errors import CycleQDError, NonFiniteError
 from cycleqd.kernels import backend_for, combine, lowrank_add
 from cycleqd.weights._mergekit import mergekit_merge
+from cycleqd.weights.bank import Bank
 from cycleqd.weights.genome import WEIGHTED_SUM, Genome
-from cycleqd.weights.space import Bank, WeightSpace
+from cycleqd.weights.space import WeightSpace
 
 __all__ = ["Materializer", "tensor_seed"]
 

@@ -13,13 +13,13 @@ import math
 import re
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from cycleqd.errors import CycleQDError, ModelLoadError
+from cycleqd.weights.bank import Bank
 from cycleqd.weights.checkpoints import load_state_dict
 
 __all__ = ["Bank", "WeightSpace", "DEFAULT_SVD_EXCLUDE", "parse_dtype", "svd_target_names"]
@@ -53,37 +53,6 @@ def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
         return _DTYPES[dtype]
     except KeyError:
         raise CycleQDError(f"unknown dtype {dtype!r}; use one of {', '.join(_DTYPES)}") from None
-
-
-@dataclass
-class Bank:
-    """Every floating tensor of one shape and dtype, stacked.
-
-    Attributes:
-        shape: the shape of each tensor.
-        dtype: the storage dtype.
-        names: tensor names, in row order.
-        rows: each row's index into :attr:`WeightSpace.tensor_names`.
-        base: ``[n, numel]`` base weights.
-        taus: ``[K, n, numel]`` task vectors.
-        base_absmax: ``[n]`` fp32 largest ``|base|`` per row.
-        tau_absmax: ``[K, n]`` fp32 largest ``|τ_k|`` per row (bounds a child's magnitude, so
-            that most children need no NaN/Inf scan).
-    """
-
-    shape: tuple[int, ...]
-    dtype: torch.dtype
-    names: list[str]
-    rows: torch.Tensor
-    base: torch.Tensor
-    taus: torch.Tensor = field(repr=False)
-    base_absmax: torch.Tensor = field(repr=False, default_factory=lambda: torch.empty(0))
-    tau_absmax: torch.Tensor = field(repr=False, default_factory=lambda: torch.empty(0))
-
-    @property
-    def numel(self) -> int:
-        """Elements per tensor."""
-        return math.prod(self.shape)
 
 
 def _describe(tensor: torch.Tensor) -> str:
