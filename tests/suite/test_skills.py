@@ -9,7 +9,8 @@ import pytest
 
 from cycleqd import CycleQDError, load_config
 from cycleqd.sandbox.box import Sandbox
-from cycleqd.suite.skills import SKILLS, SkillAccuracy, _pools, capacity, generate, score
+from cycleqd.suite.skills import SKILLS, SkillAccuracy, capacity, generate, score
+from cycleqd.suite.skills.problems import _pools
 from cycleqd.suite.tinylm import TinyLMRecipe
 
 

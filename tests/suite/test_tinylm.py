@@ -31,9 +31,9 @@ def test_build_writes_loadable_models_with_their_tokenizer_and_caches(micro, mon
     for path in [base, *experts.values()]:
         AutoModelForCausalLM.from_pretrained(path)
         assert AutoTokenizer.from_pretrained(path).eos_token == "<eos>"
-    import cycleqd.suite.tinylm as tinylm
+    import cycleqd.suite.tinylm.training as training
 
-    monkeypatch.setattr(tinylm, "_train", lambda *a, **k: pytest.fail("retrained"))
+    monkeypatch.setattr(training, "_train", lambda *a, **k: pytest.fail("retrained"))
     assert TinyLMSource(**MICRO).prepare(cache) == (base, experts)
 
 
@@ -210,11 +210,12 @@ def test_experts_build_command_builds_once_and_prints_the_paths(tmp_path):
 
 def test_an_interrupted_build_leaves_nothing_under_the_cache_key(tmp_path, monkeypatch):
     import cycleqd.suite.tinylm as tinylm
+    import cycleqd.suite.tinylm.training as training
 
     def crash(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(tinylm, "_train", crash)
+    monkeypatch.setattr(training, "_train", crash)
     with pytest.raises(KeyboardInterrupt):
         tinylm.build(tmp_path, TinyLMRecipe.micro())
     assert list(tmp_path.iterdir()) == []

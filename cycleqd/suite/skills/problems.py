@@ -1,14 +1,4 @@
-"""Synthetic agent skills, scored by executing what a model writes (in the sandbox).
-
-A miniature of the paper's coding / database / OS tasks: a natural-language request becomes
-
-* ``code`` — a one-line Python expression over the inputs ``xs`` (a list of ints) and ``k``;
-  scored by evaluating it on several inputs against the gold expression's values;
-* ``sql`` — a query over a small SQLite database (employees, departments, projects: joins and
-  aggregates); scored by comparing result sets with the gold query's;
-* ``shell`` — a command over a fixture directory tree (``ls``, ``grep``, ``wc``, ``sort``,
-  ``head``, ``find``, pipes); scored by comparing its output, run on a fresh copy, with the gold
-  command's.
+"""The skills' requests: templates per skill, and the train / val / test splits drawn from them.
 
 Every split is generated from templates and a seed. Val and test requests are each a held-out
 fifth of the template × argument combinations, or use numbers train never contains (whose digits
@@ -28,19 +18,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cycleqd.errors import CycleQDError
-from cycleqd.sandbox.box import Limits, Sandbox, shared_sandbox
-from cycleqd.scorers import TaskShape
-from cycleqd.stats import Score
+from cycleqd.suite.skills.fixtures import DEPARTMENTS, LEVELS, MODULES, PROJECTS
 
 __all__ = [
     "SKILLS",
+    "SPLITS",
     "Problem",
-    "SkillAccuracy",
     "capacity",
     "generate",
-    "gold_outputs",
     "prompt_of",
-    "score",
 ]
 
 SKILLS = ("code", "sql", "shell")
@@ -174,47 +160,6 @@ def _cases(rng: random.Random) -> tuple[dict[str, Any], ...]:
 
 # --- sql -------------------------------------------------------------------------------------
 
-DEPARTMENTS = [
-    "sales",
-    "research",
-    "support",
-    "legal",
-    "design",
-    "finance",
-    "ops",
-    "hr",
-    "media",
-    "security",
-    "logistics",
-    "quality",
-]
-SCHEMA = """
-CREATE TABLE departments(id INTEGER PRIMARY KEY, name TEXT, floor INTEGER);
-CREATE TABLE employees(id INTEGER PRIMARY KEY, name TEXT, dept_id INTEGER, salary INTEGER,
-                       age INTEGER);
-CREATE TABLE projects(id INTEGER PRIMARY KEY, title TEXT, dept_id INTEGER, budget INTEGER);
-"""
-
-
-def sql_database(seed: int = 0) -> str:
-    """The SQL script that builds the skill's database (deterministic from ``seed``)."""
-    rng = random.Random(seed)
-    lines = [SCHEMA]
-    for i, name in enumerate(DEPARTMENTS, 1):
-        lines.append(f"INSERT INTO departments VALUES ({i}, '{name}', {rng.randint(1, 5)});")
-    for i in range(1, 91):
-        lines.append(
-            f"INSERT INTO employees VALUES ({i}, 'emp{i}', {rng.randint(1, len(DEPARTMENTS))}, "
-            f"{rng.randrange(30, 150) * 1000}, {rng.randint(20, 64)});"
-        )
-    for i in range(1, 37):
-        lines.append(
-            f"INSERT INTO projects VALUES ({i}, 'proj{i}', {rng.randint(1, len(DEPARTMENTS))}, "
-            f"{rng.randrange(10, 500) * 1000});"
-        )
-    return "\n".join(lines)
-
-
 _JOIN = "FROM employees e JOIN departments d ON e.dept_id = d.id"
 _SQL = [
     _Template(
@@ -310,52 +255,6 @@ _SQL_UNSEEN = {
 
 # --- shell -----------------------------------------------------------------------------------
 
-PROJECTS = [
-    "alpha",
-    "beta",
-    "gamma",
-    "delta",
-    "omega",
-    "sigma",
-    "kappa",
-    "theta",
-    "lambda",
-    "zeta",
-    "iota",
-    "rho",
-    "tau",
-    "phi",
-    "chi",
-    "psi",
-    "eta",
-    "nu",
-    "mu",
-    "xi",
-]
-LEVELS = ["INFO", "WARN", "ERROR", "DEBUG"]
-MODULES = 6
-
-
-def shell_fixture() -> dict[str, str]:
-    """The fixture tree shell commands run on (path → text)."""
-    files = {}
-    for n, project in enumerate(PROJECTS):
-        for i in range(MODULES):
-            body = "\n".join(
-                f"{'TODO ' if (i + j + n) % 3 == 0 else ''}line {j} of {project}{i}"
-                for j in range(3 + (i + n) % 7)
-            )
-            files[f"{project}/src/mod{i}.py"] = body + "\n"
-        readme = f"# {project}\nnotes for {project}\n" + "see src\n" * (n % 3)
-        files[f"{project}/README.md"] = readme
-        rows = [f"{project},{(v * 7 + n) % 12}" for v in range(9)]
-        files[f"{project}/data.csv"] = "\n".join(rows) + "\n"
-        files[f"logs/{project}.log"] = (
-            "\n".join(f"{LEVELS[(n + i * i) % 4]} event {i}" for i in range(6 + n % 6)) + "\n"
-        )
-    return files
-
-
 _SHELL = [
     _Template("List the files in the {p}/src directory.", "ls {p}/src"),
     _Template("Count the lines of {p}/src/mod{i}.py.", "wc -l < {p}/src/mod{i}.py"),
@@ -432,193 +331,6 @@ def generate(skill: str, split: str, n: int, *, seed: int = 0) -> list[Problem]:
     return out
 
 
-#: Every gold program finishes in milliseconds: an answer that runs for seconds is wrong anyway.
-LIMITS = Limits(wall_s=2.0, cpu_s=2)
-
-
-def _run(
-    sandbox: Sandbox, skill: str, programs: Sequence[str], problems: Sequence[Problem]
-) -> list[Any]:
-    if skill == "code":
-        results = sandbox.run(
-            "python",
-            [{"code": p, "cases": list(q.cases)} for p, q in zip(programs, problems, strict=True)],
-            limits=LIMITS,
-        )
-        return [r.json() for r in results]
-    if skill == "sql":
-        results = sandbox.run(
-            "sql", [{"code": p} for p in programs], sqlite=sql_database(), limits=LIMITS
-        )
-        return [r.json() for r in results]
-    results = sandbox.run(
-        "shell", [{"code": p} for p in programs], files=shell_fixture(), limits=LIMITS
-    )
-    return [r.stdout if r.ok else None for r in results]
-
-
-def gold_outputs(sandbox: Sandbox, problems: Sequence[Problem]) -> list[Any]:
-    """What each problem's gold program gives in ``sandbox`` (scorers compute it once)."""
-    outputs: list[Any] = [None] * len(problems)
-    for skill in SKILLS:
-        idx = [i for i, p in enumerate(problems) if p.skill == skill]
-        if idx:
-            subset = [problems[i] for i in idx]
-            ran = _run(sandbox, skill, [p.gold for p in subset], subset)
-            for i, out in zip(idx, ran, strict=True):
-                outputs[i] = out
-    return outputs
-
-
-def score(
-    sandbox: Sandbox,
-    problems: Sequence[Problem],
-    answers: Sequence[str],
-    gold: Sequence[Any] | None = None,
-) -> list[bool]:
-    """Whether each answer, executed in ``sandbox``, behaves like its problem's gold program.
-
-    ``code``: every case gives the gold value; ``sql``: the same rows (order-insensitive unless
-    the gold query orders them); ``shell``: the same output. An answer that fails, times out or
-    errors on any case is wrong. ``gold``: :func:`gold_outputs` of the problems, if known.
-    """
-    gold = gold_outputs(sandbox, problems) if gold is None else gold
-    verdicts = [False] * len(problems)
-    for skill in SKILLS:
-        idx = [i for i, p in enumerate(problems) if p.skill == skill]
-        if not idx:
-            continue
-        subset = [problems[i] for i in idx]
-        got = _run(sandbox, skill, [answers[i] for i in idx], subset)
-        for i, problem, have in zip(idx, subset, got, strict=True):
-            want = gold[i]
-            if have is None or want is None:
-                continue
-            if skill == "code":
-                verdicts[i] = all(h.get("ok") for h in have) and have == want
-            elif skill == "sql":
-                ordered = "ORDER BY" in problem.gold.upper()
-                rows = (lambda r: r) if ordered else sorted
-                verdicts[i] = rows(have["rows"]) == rows(want["rows"])
-            else:
-                verdicts[i] = have == want
-    return verdicts
-
-
 def prompt_of(prompt: str) -> str:
     """The text a model is given for a request (what the tiny models are trained on, too)."""
     return f"Q: {prompt}\nA:"
-
-
-class SkillAccuracy:
-    """Scorer: the share of a skill's problems a language model solves, by execution.
-
-    Prompts of the split are decoded greedily all at once
-    (:func:`cycleqd.generation.decode.greedy_decode`) and every answer runs in the sandbox against
-    its gold program. The tokenizer is the one the model source attaches as ``model.tokenizer``.
-    Returns a :class:`cycleqd.stats.Score` (each request's verdict kept, for intervals).
-
-    Args:
-        skill: ``code``, ``sql`` or ``shell``.
-        problems: val problems (the final choice and the baselines' sweeps score these).
-        test_problems: test problems (scored only for the report); default: ``problems``.
-        search_problems: the first this many val problems form the ``search`` split that
-            evolution scores every child on (a fixed subset: cheaper children); default: all
-            of val.
-        seed: generates the problems.
-        max_new_tokens: longest answer; default: the longest gold answer of the split (in the
-            model's tokens) plus 4, so that a rambling child stops as soon as it must be wrong.
-
-    Raises:
-        CycleQDError: more val or test problems than the skill's split holds distinct requests,
-            or a search subset larger than val.
-    """
-
-    @staticmethod
-    def plan_shape(params: dict[str, Any]) -> TaskShape:
-        """What a child costs: its search split, decoded in one batch (the planning hook)."""
-        val = int(params.get("problems", 300))
-        search = int(params.get("search_problems") or val)
-        return TaskShape(problems=search, prompt_tokens=24, new_tokens=32, one_batch=True)
-
-    def __init__(
-        self,
-        *,
-        skill: str,
-        problems: int = 300,
-        test_problems: int | None = None,
-        search_problems: int | None = None,
-        seed: int = 0,
-        max_new_tokens: int | None = None,
-    ) -> None:
-        self.skill, self.seed, self.max_new_tokens = skill, seed, max_new_tokens
-        if search_problems is not None and not 0 < search_problems <= problems:
-            raise CycleQDError(
-                f"skill_accuracy: search_problems={search_problems} must be between 1 and "
-                f"problems={problems} (the search split is a subset of val)"
-            )
-        val = generate(skill, "val", problems, seed=seed)
-        self.problems = {
-            "val": val,
-            "search": val[: search_problems or problems],
-            "test": generate(skill, "test", test_problems or problems, seed=seed),
-        }
-        self.search_split = search_problems is not None
-        self._gold: dict[str, list[Any]] = {}
-        self._answers: dict[str, tuple[Any, list[str]]] = {}
-        self._limits: dict[str, int] = {}
-
-    def _limit(self, tokenizer: Any, split: str) -> int:
-        if self.max_new_tokens:
-            return self.max_new_tokens
-        if split not in self._limits:  # the golds do not change: tokenise them once
-            golds = [" " + p.gold for p in self.problems[split]]
-            self._limits[split] = 4 + max(len(ids) for ids in tokenizer(golds)["input_ids"])
-        return self._limits[split]
-
-    def _decode(self, model: Any, tokenizer: Any, split: str) -> list[str]:
-        """This scorer's completions for the model's current weights.
-
-        An evaluator that marks each new set of weights (``model.cycleqd_weights_version``) gets
-        every skill scorer's prompts decoded in one batch on the first scorer's call: one decoding
-        loop per candidate instead of one per skill. Results are the same either way.
-        """
-        from cycleqd.generation.decode import greedy_decode
-
-        version = getattr(model, "cycleqd_weights_version", None)
-        peers: list[SkillAccuracy] = [self]
-        if version is not None:
-            peers = model.__dict__.setdefault("_cycleqd_skill_scorers", [])
-            if self not in peers:
-                peers.append(self)
-            cached = self._answers.get(split)
-            if cached is not None and cached[0] == version:
-                return cached[1]
-        prompts, limits, owners = [], [], []
-        for peer in peers:
-            problems = peer.problems[split]
-            prompts += [prompt_of(p.prompt) for p in problems]
-            limits += [peer._limit(tokenizer, split)] * len(problems)
-            owners += [peer] * len(problems)
-        answers = greedy_decode(model, tokenizer, prompts, max_new_tokens=limits, stop="\n")
-        for peer in peers:
-            mine = [a for a, o in zip(answers, owners, strict=True) if o is peer]
-            peer._answers[split] = (version, mine)
-        return self._answers[split][1]
-
-    def __call__(self, model: Any, split: str) -> Score:
-        """Accuracy on ``split`` (``val``, ``search`` or ``test``), with each verdict."""
-        tokenizer = getattr(model, "tokenizer", None)
-        if tokenizer is None:
-            raise CycleQDError(
-                "SkillAccuracy needs the model's tokenizer: the model source "
-                "attaches it as model.tokenizer (base directory with tokenizer "
-                "files)"
-            )
-        problems = self.problems[split]
-        answers = self._decode(model, tokenizer, split)
-        sandbox = shared_sandbox()
-        if split not in self._gold:
-            self._gold[split] = gold_outputs(sandbox, problems)
-        verdicts = score(sandbox, problems, [a.strip() for a in answers], self._gold[split])
-        return Score(verdicts)

@@ -1,0 +1,128 @@
+"""The skills' scorer: a model's share of a split's requests solved, checked by execution."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cycleqd.errors import CycleQDError
+from cycleqd.sandbox.box import shared_sandbox
+from cycleqd.scorers import TaskShape
+from cycleqd.stats import Score
+from cycleqd.suite.skills.execution import gold_outputs, score
+from cycleqd.suite.skills.problems import generate, prompt_of
+
+__all__ = ["SkillAccuracy"]
+
+
+class SkillAccuracy:
+    """Scorer: the share of a skill's problems a language model solves, by execution.
+
+    Prompts of the split are decoded greedily all at once
+    (:func:`cycleqd.generation.decode.greedy_decode`) and every answer runs in the sandbox against
+    its gold program. The tokenizer is the one the model source attaches as ``model.tokenizer``.
+    Returns a :class:`cycleqd.stats.Score` (each request's verdict kept, for intervals).
+
+    Args:
+        skill: ``code``, ``sql`` or ``shell``.
+        problems: val problems (the final choice and the baselines' sweeps score these).
+        test_problems: test problems (scored only for the report); default: ``problems``.
+        search_problems: the first this many val problems form the ``search`` split that
+            evolution scores every child on (a fixed subset: cheaper children); default: all
+            of val.
+        seed: generates the problems.
+        max_new_tokens: longest answer; default: the longest gold answer of the split (in the
+            model's tokens) plus 4, so that a rambling child stops as soon as it must be wrong.
+
+    Raises:
+        CycleQDError: more val or test problems than the skill's split holds distinct requests,
+            or a search subset larger than val.
+    """
+
+    @staticmethod
+    def plan_shape(params: dict[str, Any]) -> TaskShape:
+        """What a child costs: its search split, decoded in one batch (the planning hook)."""
+        val = int(params.get("problems", 300))
+        search = int(params.get("search_problems") or val)
+        return TaskShape(problems=search, prompt_tokens=24, new_tokens=32, one_batch=True)
+
+    def __init__(
+        self,
+        *,
+        skill: str,
+        problems: int = 300,
+        test_problems: int | None = None,
+        search_problems: int | None = None,
+        seed: int = 0,
+        max_new_tokens: int | None = None,
+    ) -> None:
+        self.skill, self.seed, self.max_new_tokens = skill, seed, max_new_tokens
+        if search_problems is not None and not 0 < search_problems <= problems:
+            raise CycleQDError(
+                f"skill_accuracy: search_problems={search_problems} must be between 1 and "
+                f"problems={problems} (the search split is a subset of val)"
+            )
+        val = generate(skill, "val", problems, seed=seed)
+        self.problems = {
+            "val": val,
+            "search": val[: search_problems or problems],
+            "test": generate(skill, "test", test_problems or problems, seed=seed),
+        }
+        self.search_split = search_problems is not None
+        self._gold: dict[str, list[Any]] = {}
+        self._answers: dict[str, tuple[Any, list[str]]] = {}
+        self._limits: dict[str, int] = {}
+
+    def _limit(self, tokenizer: Any, split: str) -> int:
+        if self.max_new_tokens:
+            return self.max_new_tokens
+        if split not in self._limits:  # the golds do not change: tokenise them once
+            golds = [" " + p.gold for p in self.problems[split]]
+            self._limits[split] = 4 + max(len(ids) for ids in tokenizer(golds)["input_ids"])
+        return self._limits[split]
+
+    def _decode(self, model: Any, tokenizer: Any, split: str) -> list[str]:
+        """This scorer's completions for the model's current weights.
+
+        An evaluator that marks each new set of weights (``model.cycleqd_weights_version``) gets
+        every skill scorer's prompts decoded in one batch on the first scorer's call: one decoding
+        loop per candidate instead of one per skill. Results are the same either way.
+        """
+        from cycleqd.generation.decode import greedy_decode
+
+        version = getattr(model, "cycleqd_weights_version", None)
+        peers: list[SkillAccuracy] = [self]
+        if version is not None:
+            peers = model.__dict__.setdefault("_cycleqd_skill_scorers", [])
+            if self not in peers:
+                peers.append(self)
+            cached = self._answers.get(split)
+            if cached is not None and cached[0] == version:
+                return cached[1]
+        prompts, limits, owners = [], [], []
+        for peer in peers:
+            problems = peer.problems[split]
+            prompts += [prompt_of(p.prompt) for p in problems]
+            limits += [peer._limit(tokenizer, split)] * len(problems)
+            owners += [peer] * len(problems)
+        answers = greedy_decode(model, tokenizer, prompts, max_new_tokens=limits, stop="\n")
+        for peer in peers:
+            mine = [a for a, o in zip(answers, owners, strict=True) if o is peer]
+            peer._answers[split] = (version, mine)
+        return self._answers[split][1]
+
+    def __call__(self, model: Any, split: str) -> Score:
+        """Accuracy on ``split`` (``val``, ``search`` or ``test``), with each verdict."""
+        tokenizer = getattr(model, "tokenizer", None)
+        if tokenizer is None:
+            raise CycleQDError(
+                "SkillAccuracy needs the model's tokenizer: the model source "
+                "attaches it as model.tokenizer (base directory with tokenizer "
+                "files)"
+            )
+        problems = self.problems[split]
+        answers = self._decode(model, tokenizer, split)
+        sandbox = shared_sandbox()
+        if split not in self._gold:
+            self._gold[split] = gold_outputs(sandbox, problems)
+        verdicts = score(sandbox, problems, [a.strip() for a in answers], self._gold[split])
+        return Score(verdicts)
