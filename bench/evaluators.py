@@ -24,10 +24,9 @@ import yaml
 from _timing import timed  # bench/ is the script folder
 
 from cycleqd import load_config
-from cycleqd.evaluation.local import LocalEvaluator
+from cycleqd.evaluation.factory import local_evaluator
 from cycleqd.models.sources import load_models
 from cycleqd.operators import CROSSOVERS, MUTATIONS, MutationContext
-from cycleqd.scorers import SCORERS
 from cycleqd.suite.tinylm import TinyLMRecipe
 from cycleqd.weights.materialize import Materializer
 
@@ -81,8 +80,7 @@ def main() -> None:
     weight_bytes = sum(
         t.numel() * t.element_size() for t in map(space.base_tensor, space.tensor_names)
     )
-    scorers = {t.name: SCORERS.build(t.scorer, **t.params) for t in cfg.tasks}
-    local = LocalEvaluator(space, source, scorers)
+    local = local_evaluator(cfg, source=source, space=space)
     repeats = 1 if args.small else args.repeats
     results = {}
 
@@ -93,7 +91,7 @@ def main() -> None:
     sent = {}
     for workers in (1, 2):
         name = f"ray{workers}"
-        remote = RayEvaluator(cfg, workers=workers, cpus_per_worker=1)
+        remote = RayEvaluator(cfg, build=local_evaluator, workers=workers, cpus_per_worker=1)
         seconds[name] = timed(lambda n=name, r=remote: score(n, r), repeats)
         sent[workers] = remote.bytes_per_candidate
         remote.close()

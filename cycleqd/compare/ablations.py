@@ -38,7 +38,7 @@ def _ablation(cfg: RunConfig, name: str, seed: int, std: float) -> RunConfig:
 
 def _evolve(ctx: _Context, method: str, seed: int) -> tuple[Any, dict[str, Any]]:
     from cycleqd.engine.store import RunStore
-    from cycleqd.evaluation.local import LocalEvaluator
+    from cycleqd.evaluation.factory import local_evaluator
 
     cfg = _ablation(ctx.cfg, method, seed, ctx.gaussian_std())
     root = ctx.root / "runs" / f"{method}-seed{seed}"
@@ -51,9 +51,8 @@ def _evolve(ctx: _Context, method: str, seed: int) -> tuple[Any, dict[str, Any]]
     evolver.evolve(resume=True)
     final, info = evolver.final_genome()
     evolver.store.write_json("final.json", info)
-    report = LocalEvaluator(
-        evolver.space, evolver.source, ctx.extra, materializer=evolver.materializer
-    )
+    parts = {"source": evolver.source, "space": evolver.space}
+    report = local_evaluator(cfg, **parts, scorers=ctx.extra, materializer=evolver.materializer)
     row = ctx.test_row(final, evolver.evaluator, report)
     evolver.close()
     keep = ("pool", "temperature", "val_average", "val_objective")

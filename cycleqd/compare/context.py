@@ -46,17 +46,17 @@ class _Context:
     """What one process needs for one expert build's cells: weights, scorers, evaluators."""
 
     def __init__(self, cfg: RunConfig, root: Path) -> None:
-        from cycleqd.evaluation.local import LocalEvaluator
+        from cycleqd.evaluation.factory import build_scorers, local_evaluator
         from cycleqd.models.sources import load_models
-        from cycleqd.scorers import SCORERS
 
         self.cfg, self.root = cfg, root
         self.source, self.space = load_models(cfg)
-        self.scorers = {t.name: SCORERS.build(t.scorer, **t.params) for t in cfg.tasks}
-        self.extra = {m.name: SCORERS.build(m.scorer, **m.params) for m in cfg.final.report}
-        self.val = LocalEvaluator(self.space, self.source, self.scorers)
-        self.report = LocalEvaluator(
-            self.space, self.source, self.extra, materializer=self.val.materializer
+        self.scorers = build_scorers(cfg.tasks)
+        self.extra = build_scorers(cfg.final.report)
+        parts = {"source": self.source, "space": self.space}
+        self.val = local_evaluator(cfg, **parts, scorers=self.scorers)
+        self.report = local_evaluator(
+            cfg, **parts, scorers=self.extra, materializer=self.val.materializer
         )
         # every method chooses on val by the run's objective, as the run's final choice does
         self.chooser = Chooser(self.val, self.space, cfg.final.objective)

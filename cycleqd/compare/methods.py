@@ -18,7 +18,7 @@ import torch
 from cycleqd.compare.ablations import ABLATIONS, _evolve
 from cycleqd.compare.context import _Context, builds_experts
 from cycleqd.config import RunConfig
-from cycleqd.engine.choice import task_arithmetic_grid, ties_grid
+from cycleqd.engine.choice import best_task_arithmetic, best_ties
 from cycleqd.engine.final import SOUP_SIZES, VALIDATION_TEMPERATURES
 from cycleqd.weights.genome import Genome
 
@@ -55,17 +55,15 @@ def _static(ctx: _Context, genome: Genome) -> tuple[Any, dict[str, Any]]:
 
 
 def _task_arithmetic(ctx: _Context, seed: int) -> tuple[Any, dict[str, Any]]:
-    grid = task_arithmetic_grid(ctx.space, ctx.cfg.final.lambdas)
-    lam, _ = ctx.chooser.best(grid)
-    return ctx.test_row(grid[lam]), {"lambda": lam}
+    lam, genome = best_task_arithmetic(ctx.space, ctx.chooser, ctx.cfg.final.lambdas)
+    return ctx.test_row(genome), {"lambda": lam}
 
 
 def _ties(method: str) -> Callable[[_Context, int], tuple[Any, dict[str, Any]]]:
     def run(ctx: _Context, seed: int) -> tuple[Any, dict[str, Any]]:
         densities = ctx.cfg.final.ties_densities or [0.2, 0.4, 0.6, 0.8, 1.0]
-        grid = ties_grid(ctx.space, densities, method, seed)
-        density, _ = ctx.chooser.best(grid)
-        return ctx.test_row(grid[density]), {"density": density}
+        density, genome = best_ties(ctx.space, ctx.chooser, densities, method, seed)
+        return ctx.test_row(genome), {"density": density}
 
     return run
 
@@ -119,15 +117,17 @@ def _cma_es(ctx: _Context, seed: int) -> tuple[Any, dict[str, Any]]:
 
 
 def _finetune(ctx: _Context, seed: int) -> tuple[Any, dict[str, Any]]:
-    from cycleqd.evaluation.local import LocalEvaluator
+    from cycleqd.evaluation.factory import local_evaluator
     from cycleqd.suite.tinylm import build_multitask
     from cycleqd.weights.space import WeightSpace
 
     recipe = ctx.source.recipe
     path = build_multitask(Path(ctx.cfg.cache_dir).expanduser(), recipe, seed)
     space = WeightSpace.from_paths(base=ctx.source.base, experts={"multitask": path})
-    val = LocalEvaluator(space, ctx.source, ctx.scorers)
-    report = LocalEvaluator(space, ctx.source, ctx.extra, materializer=val.materializer)
+    val = local_evaluator(ctx.cfg, source=ctx.source, space=space, scorers=ctx.scorers)
+    report = local_evaluator(
+        ctx.cfg, source=ctx.source, space=space, scorers=ctx.extra, materializer=val.materializer
+    )
     steps = len(ctx.cfg.tasks) * recipe.expert_steps
     return ctx.test_row(Genome.expert(space, 0), val, report), {"steps": steps}
 

@@ -11,12 +11,12 @@ from typing import Any
 
 import torch
 
-from cycleqd.evaluation.local import Evaluator
+from cycleqd.evaluation.protocol import Evaluator
 from cycleqd.stats import objective_value
 from cycleqd.weights.genome import Genome
 from cycleqd.weights.space import WeightSpace
 
-__all__ = ["Chooser", "task_arithmetic_grid", "ties_grid"]
+__all__ = ["Chooser", "best_task_arithmetic", "best_ties", "task_arithmetic_grid", "ties_grid"]
 
 
 class Chooser:
@@ -92,3 +92,25 @@ def ties_grid(
         )
         for d in densities
     }
+
+
+def best_task_arithmetic(
+    space: WeightSpace, chooser: Chooser, lambdas: Sequence[float]
+) -> tuple[float, Genome]:
+    """Task arithmetic at the λ of ``lambdas`` that ``chooser`` ranks best on val."""
+    grid = task_arithmetic_grid(space, lambdas)
+    lam, _ = chooser.best(grid)
+    return lam, grid[lam]
+
+
+def best_ties(
+    space: WeightSpace,
+    chooser: Chooser,
+    densities: Sequence[float],
+    method: str = "ties",
+    seed: int = 0,
+) -> tuple[float, Genome]:
+    """TIES (or ``method``) at the density of ``densities`` that ``chooser`` ranks best on val."""
+    grid = ties_grid(space, densities, method, seed)
+    density, _ = chooser.best(grid)
+    return density, grid[density]

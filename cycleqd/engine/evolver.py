@@ -21,38 +21,27 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from cycleqd.config import ConfigError, RunConfig
 from cycleqd.engine.archive import Archives, derive_ranges
-from cycleqd.engine.choice import Chooser, task_arithmetic_grid, ties_grid
-from cycleqd.engine.final import choose_final, final_candidates, score_report, softmax
-from cycleqd.engine.progress import progress
+from cycleqd.engine.choice import Chooser
+from cycleqd.engine.final import baselines, final_model, score_report
+from cycleqd.engine.progress import GenerationReport, progress
+from cycleqd.engine.state import loop_state, restore_loop
 from cycleqd.engine.steady import SteadySchedule
 from cycleqd.engine.store import RunStore
 from cycleqd.errors import CycleQDError
-from cycleqd.evaluation.local import SEARCH, Evaluator, LocalEvaluator
+from cycleqd.evaluation.factory import run_evaluator
+from cycleqd.evaluation.protocol import SEARCH, Evaluator
 from cycleqd.models.sources import ModelSource, load_models
 from cycleqd.operators import CROSSOVERS, MUTATIONS, SELECTIONS, MutationContext
-from cycleqd.scorers import SCORERS
 from cycleqd.weights.genome import Genome
 from cycleqd.weights.materialize import Materializer
 
-__all__ = ["Evolver", "GenerationReport", "softmax"]
-
-
-@dataclass
-class GenerationReport:
-    """What one generation did, for progress displays."""
-
-    generation: int
-    generations: int
-    active_task: str
-    stats: dict[str, dict[str, float]]
-    seconds: float
+__all__ = ["Evolver", "GenerationReport"]
 
 
 class Evolver:
@@ -80,24 +69,8 @@ class Evolver:
         config.check_names()
         self.source: ModelSource
         self.source, self.space = load_models(config)
-        scorers = {t.name: SCORERS.build(t.scorer, **t.params) for t in config.tasks}
-        e = config.evaluation
         self._owns_evaluator = evaluator is None
-        if evaluator is None and e.backend == "ray":
-            from cycleqd.evaluation.ray_evaluator import RayEvaluator
-
-            evaluator = RayEvaluator(
-                config,
-                workers=e.workers,
-                cpus_per_worker=e.cpus_per_worker,
-                gpus_per_worker=e.gpus_per_worker,
-                address=e.address,
-                max_retries=e.max_retries,
-                timeout_s=e.timeout_s,
-            )
-        self.evaluator = evaluator or LocalEvaluator(
-            self.space, self.source, scorers, timeout_s=e.timeout_s
-        )
+        self.evaluator = evaluator or run_evaluator(config, self.source, self.space)
         self.materializer: Materializer = self.evaluator.materializer or Materializer(self.space)
         evo = config.evolution
         self.selection = SELECTIONS.build(evo.selection.name, **evo.selection.params)
@@ -112,176 +85,11 @@ class Evolver:
         # the final choice and the baselines' sweeps (on val, by final.objective)
         self.chooser = Chooser(self.evaluator, self.space, config.final.objective)
         self.expert_scores: list[list[float]] = []
-        self.steady = e.steady
+        self.steady = config.evaluation.steady
         # the steady schedule (asynchronous MAP-Elites) keeps what is out for evaluation
-        self.schedule = SteadySchedule(self) if e.steady else None
+        self.schedule = SteadySchedule(self) if self.steady else None
 
-    # --- state -------------------------------------------------------------------------------
-
-    def _state(self, finished: bool = False) -> dict[str, Any]:
-        assert self.archives is not None
-        return {
-            "generation": self.generation,
-            "evaluations": self.evaluations,
-            "rng": self.rng.bit_generator.state,
-            "table": self.table,
-            "expert_scores": self.expert_scores,
-            "archives": self.archives.state(),
-            "finished": finished,
-        } | (self.schedule.state() if self.schedule else {})
-
-    def _restore(self, state: dict[str, Any]) -> None:
-        self.store.rewind_logs(state["log_sizes"])
-        self.generation = state["generation"]
-        self.evaluations = state["evaluations"]
-        self.rng.bit_generator.state = state["rng"]
-        self.table = list(state["table"])
-        self.expert_scores = state["expert_scores"]
-        self.archives = Archives.from_state(state["archives"])
-        if self.steady != ("in_flight" in state):
-            schedules = ("generations", "steady")
-            raise ConfigError(
-                f"{self.store.root} was run with evaluation.schedule "
-                f"{schedules['in_flight' in state]}; resume it with that schedule"
-            )
-        if self.schedule:
-            self.schedule.restore(state)
-
-    def genome(self, elite: int) -> Genome:
-        """The genome of elite ``elite`` (genome-table index)."""
-        genome_id = self.table[elite]
-        if genome_id not in self.genomes:
-            self.genomes[genome_id] = self.store.load_genome(genome_id)
-        return self.genomes[genome_id]
-
-    def _register(self, genome: Genome) -> int:
-        self.genomes[genome.id] = genome
-        self.table.append(genome.id)
-        self.store.save_genome(genome)
-        return len(self.table) - 1
-
-    # --- the loop ----------------------------------------------------------------------------
-
-    def seed(self) -> None:
-        """Evaluate the experts on every task; derive descriptor ranges; seed every archive."""
-        progress(f"seeding: scoring {len(self.tasks)} experts")
-        experts = [Genome.expert(self.space, k) for k in range(len(self.tasks))]
-        result = self.evaluator.evaluate(experts, SEARCH)
-        if np.isnan(result.scores).any():
-            bad = next(e for e in result.errors if e)
-            raise ConfigError(f"an expert could not be scored ({bad}); fix the scorer or model")
-        self.evaluations += len(experts)
-        self.expert_scores = result.scores.tolist()
-        derived = derive_ranges(result.scores)
-        ranges = [t.bc_range or derived[j] for j, t in enumerate(self.cfg.tasks)]
-        self.archives = Archives(tasks=self.tasks, bins=self.cfg.evolution.bins, ranges=ranges)
-        for k, genome in enumerate(experts):
-            elite = self._register(genome)
-            entered = self.archives.insert(elite, result.scores[k])
-            self.store.append(
-                "events.jsonl",
-                {
-                    "event": "seed",
-                    "expert": self.tasks[k],
-                    "genome": genome.id,
-                    "scores": dict(zip(self.tasks, result.scores[k].tolist(), strict=True)),
-                    "entered": [self.tasks[j] for j in entered],
-                },
-            )
-        self.store.write_checkpoint(self._state())
-
-    def active_task(self, generation: int) -> int:
-        """The task whose archive generation ``generation`` works on."""
-        return generation % len(self.tasks) if self.cfg.evolution.cycle else 0
-
-    def step(self) -> GenerationReport:
-        """Run one generation, log it and checkpoint."""
-        assert self.archives is not None
-        start = time.perf_counter()
-        g, k = self.generation, self.active_task(self.generation)
-        children, lineage = [], []
-        for _ in range(self.cfg.evolution.batch_size):
-            child, parents, reason = self.make_child(k)
-            if child is None:
-                self.store.append(
-                    "events.jsonl",
-                    {
-                        "event": "failed",
-                        "generation": g,
-                        "active": self.tasks[k],
-                        "parents": parents,
-                        "reason": reason,
-                    },
-                )
-                continue
-            children.append(child)
-            lineage.append(parents)
-        result = self.evaluator.evaluate(children, SEARCH) if children else None
-        self.evaluations += len(children)
-        outcomes = (
-            zip(children, result.scores, result.errors, lineage, strict=True) if result else ()
-        )
-        for child, scores, error, parents in outcomes:
-            record = {"event": "child", "generation": g, "active": self.tasks[k]}
-            self.log_and_insert(
-                record | {"genome": child.id, "parents": parents}, child, scores, error
-            )
-        return self.close_generation(k, start)
-
-    def log_and_insert(
-        self, record: dict[str, Any], child: Genome, scores: Any, error: str | None
-    ) -> None:
-        """Offer an evaluated child to every archive and log it (``failed`` with ``error``)."""
-        assert self.archives is not None
-        if error is not None:
-            record.update(event="failed", reason=error)
-        else:
-            entered = self.archives.insert(len(self.table), scores)
-            if entered:
-                self._register(child)
-            record.update(
-                scores=dict(zip(self.tasks, scores.tolist(), strict=True)),
-                entered=[self.tasks[j] for j in entered],
-            )
-        self.store.append("events.jsonl", record)
-
-    def make_child(self, k: int) -> tuple[Genome | None, list[str], str | None]:
-        """A child of two parents selected from archive ``k``; ``None`` and why if it failed."""
-        assert self.archives is not None
-        ctx = MutationContext(self.space, self.materializer, k, self.rng)
-        data = self.archives.elites(k)
-        picked = self.selection(data["objective"], data["measures"], 2, self.rng)
-        parents = [self.genome(int(data["elite"][i])) for i in picked]
-        try:
-            child = self.mutation(self.crossover(parents, self.rng, self.space), ctx)
-        except CycleQDError as exc:  # a bad child (NaN/Inf in svd_child, Σw ≈ 0) is logged
-            return None, [p.id for p in parents], f"{type(exc).__name__}: {exc}"
-        return child, [p.id for p in parents], None
-
-    def close_generation(self, k: int, start: float) -> GenerationReport:
-        """Log retries and metrics, advance the generation, checkpoint, report progress."""
-        assert self.archives is not None
-        g = self.generation
-        for reason in self.evaluator.drain_retries():
-            self.store.append("events.jsonl", {"event": "retry", "generation": g, "reason": reason})
-        stats = self.archives.stats()
-        metrics = {
-            "generation": g,
-            "active": self.tasks[k],
-            "evaluations": self.evaluations,
-            "archives": stats,
-        }
-        if self.evaluator.bytes_per_candidate is not None:  # what a distributed evaluator sends
-            metrics["bytes_per_candidate"] = self.evaluator.bytes_per_candidate
-        self.store.append("metrics.jsonl", metrics)
-        self.generation += 1
-        self.store.write_checkpoint(self._state())
-        report = GenerationReport(
-            g, self.cfg.evolution.generations, self.tasks[k], stats, time.perf_counter() - start
-        )
-        if self.on_generation is not None:
-            self.on_generation(report)
-        return report
+    # --- Algorithm 1: seed, then each generation select, cross, mutate, evaluate, insert ---
 
     def run(self, *, resume: bool = False) -> dict[str, Any]:
         """Seed (or resume), evolve to the configured generation count, report.
@@ -310,7 +118,7 @@ class Evolver:
         if state is not None:
             if not resume:
                 raise ConfigError(f"{self.store.root} holds a run already; pass --resume")
-            self._restore(state)
+            restore_loop(self, state)
         else:
             self.seed()
         nodes = self.evaluator.nodes
@@ -322,26 +130,142 @@ class Evolver:
             self.step()
         return state
 
+    def seed(self) -> None:
+        """Evaluate the experts on every task; derive descriptor ranges; seed every archive."""
+        progress(f"seeding: scoring {len(self.tasks)} experts")
+        experts = [Genome.expert(self.space, k) for k in range(len(self.tasks))]
+        result = self.evaluator.evaluate(experts, SEARCH)
+        if np.isnan(result.scores).any():
+            bad = next(e for e in result.errors if e)
+            raise ConfigError(f"an expert could not be scored ({bad}); fix the scorer or model")
+        self.evaluations += len(experts)
+        self.expert_scores = result.scores.tolist()
+        derived = derive_ranges(result.scores)
+        ranges = [t.bc_range or derived[j] for j, t in enumerate(self.cfg.tasks)]
+        self.archives = Archives(tasks=self.tasks, bins=self.cfg.evolution.bins, ranges=ranges)
+        for k, genome in enumerate(experts):
+            elite = self._register(genome)
+            entered = self.archives.insert(elite, result.scores[k])
+            record = {"event": "seed", "expert": self.tasks[k], "genome": genome.id}
+            self.store.append("events.jsonl", record | self._outcome(result.scores[k], entered))
+        self.store.write_checkpoint(loop_state(self))
+
+    def active_task(self, generation: int) -> int:
+        """The task whose archive generation ``generation`` works on."""
+        return generation % len(self.tasks) if self.cfg.evolution.cycle else 0
+
+    def step(self) -> GenerationReport:
+        """Run one generation, log it and checkpoint."""
+        assert self.archives is not None
+        start = time.perf_counter()
+        g, k = self.generation, self.active_task(self.generation)
+        children, lineage = [], []
+        for _ in range(self.cfg.evolution.batch_size):
+            child, parents, reason = self.make_child(k)
+            if child is None:
+                record = {"event": "failed", "generation": g, "active": self.tasks[k]}
+                self.store.append("events.jsonl", record | {"parents": parents, "reason": reason})
+                continue
+            children.append(child)
+            lineage.append(parents)
+        result = self.evaluator.evaluate(children, SEARCH) if children else None
+        self.evaluations += len(children)
+        outcomes = (
+            zip(children, result.scores, result.errors, lineage, strict=True) if result else ()
+        )
+        for child, scores, error, parents in outcomes:
+            record = {"event": "child", "generation": g, "active": self.tasks[k]}
+            self.log_and_insert(
+                record | {"genome": child.id, "parents": parents}, child, scores, error
+            )
+        return self.close_generation(k, start)
+
+    def make_child(self, k: int) -> tuple[Genome | None, list[str], str | None]:
+        """A child of two parents selected from archive ``k``; ``None`` and why if it failed."""
+        assert self.archives is not None
+        ctx = MutationContext(self.space, self.materializer, k, self.rng)
+        data = self.archives.elites(k)
+        picked = self.selection(data["objective"], data["measures"], 2, self.rng)
+        parents = [self.genome(int(data["elite"][i])) for i in picked]
+        try:
+            child = self.mutation(self.crossover(parents, self.rng, self.space), ctx)
+        except CycleQDError as exc:  # a bad child (NaN/Inf in svd_child, Σw ≈ 0) is logged
+            return None, [p.id for p in parents], f"{type(exc).__name__}: {exc}"
+        return child, [p.id for p in parents], None
+
+    def log_and_insert(
+        self, record: dict[str, Any], child: Genome, scores: Any, error: str | None
+    ) -> None:
+        """Offer an evaluated child to every archive and log it (``failed`` with ``error``)."""
+        assert self.archives is not None
+        if error is not None:
+            record.update(event="failed", reason=error)
+        else:
+            entered = self.archives.insert(len(self.table), scores)
+            if entered:
+                self._register(child)
+            record |= self._outcome(scores, entered)
+        self.store.append("events.jsonl", record)
+
+    def _outcome(self, scores: Any, entered: list[int]) -> dict[str, Any]:
+        """A log record's scores by task and the archives a candidate entered."""
+        named = dict(zip(self.tasks, scores.tolist(), strict=True))
+        return {"scores": named, "entered": [self.tasks[j] for j in entered]}
+
+    def close_generation(self, k: int, start: float) -> GenerationReport:
+        """Log retries and metrics, advance the generation, checkpoint, report progress."""
+        assert self.archives is not None
+        g = self.generation
+        for reason in self.evaluator.drain_retries():
+            self.store.append("events.jsonl", {"event": "retry", "generation": g, "reason": reason})
+        stats = self.archives.stats()
+        metrics = {
+            "generation": g,
+            "active": self.tasks[k],
+            "evaluations": self.evaluations,
+            "archives": stats,
+        }
+        if self.evaluator.bytes_per_candidate is not None:  # what a distributed evaluator sends
+            metrics["bytes_per_candidate"] = self.evaluator.bytes_per_candidate
+        self.store.append("metrics.jsonl", metrics)
+        self.generation += 1
+        self.store.write_checkpoint(loop_state(self))
+        report = GenerationReport(
+            g, self.cfg.evolution.generations, self.tasks[k], stats, time.perf_counter() - start
+        )
+        if self.on_generation is not None:
+            self.on_generation(report)
+        return report
+
+    # --- the genome table (archives hold its indices; the run folder, the genomes) ------------
+
+    def genome(self, elite: int) -> Genome:
+        """The genome of elite ``elite`` (genome-table index)."""
+        genome_id = self.table[elite]
+        if genome_id not in self.genomes:
+            self.genomes[genome_id] = self.store.load_genome(genome_id)
+        return self.genomes[genome_id]
+
+    def _register(self, genome: Genome) -> int:
+        self.genomes[genome.id] = genome
+        self.table.append(genome.id)
+        self.store.save_genome(genome)
+        return len(self.table) - 1
+
+    # --- the final model and the report -------------------------------------------------------
+
     def _summary(self, state: dict[str, Any] | None) -> dict[str, Any]:
         summary = self.store.read_json("summary.json")
         if summary is None or not (state or {}).get("finished"):
             summary = self.finish()
         return summary
 
-    def close(self) -> None:
-        """Release the evaluator's workers (Ray actors)."""
-        self.evaluator.close()
-
-    # --- the final model and the report -------------------------------------------------------
-
     def final_genome(self) -> tuple[Genome, dict[str, Any]]:
-        """The final model and how it was chosen (:func:`cycleqd.engine.final.final_candidates`)."""
+        """The final model and how it was chosen (:func:`cycleqd.engine.final.final_model`)."""
         assert self.archives is not None
-        searched = {t: self.expert_scores[j][j] for j, t in enumerate(self.tasks)}
-        candidates = final_candidates(
-            self.cfg.final, self.archives, self.tasks, self.genome, searched
+        chosen, info = final_model(
+            self.cfg.final, self.archives, self.tasks, self.genome, self.expert_scores, self.chooser
         )
-        chosen, info = choose_final(candidates, self.chooser, self.cfg.final)
         # what the CycleQD model cost: seeds, children and this choice (the experts' val scores
         # included; the evolution's own count stays seeds and children)
         info["evaluations"] += self.evaluations
@@ -350,28 +274,19 @@ class Evolver:
     def finish(self) -> dict[str, Any]:
         """Choose the final model and baselines on val; score everything on test; write files."""
         final, info = self.final_genome()
-        lambdas = task_arithmetic_grid(self.space, self.cfg.final.lambdas)
-        best_lambda, _ = self.chooser.best(lambdas)
-        info["task_arithmetic_lambda"] = best_lambda
-        methods = {"base": Genome.base(self.space)}
-        methods |= {f"expert_{t}": Genome.expert(self.space, k) for k, t in enumerate(self.tasks)}
-        methods["task_arithmetic_best"] = lambdas[best_lambda]
-        if self.cfg.final.ties_densities:
-            ties = ties_grid(self.space, self.cfg.final.ties_densities)
-            density, _ = self.chooser.best(ties)
-            info["ties_density"] = density
-            methods["ties"] = ties[density]
+        methods, chosen = baselines(self.space, self.chooser, self.cfg.final)
+        info |= chosen
         methods["cycleqd_final"] = final
         summary = score_report(
             methods, self.evaluator, self.space, self.source, self.materializer, self.cfg.final
         )
-        self.store.save_genome(final)
-        final.save(self.store.root / "final.genome")
-        info["final_genome"] = final.id
-        self.store.write_json("final.json", info)
-        self.store.write_json("summary.json", summary)
+        self.store.write_final(final, info, summary)
         from cycleqd.engine.plots import write_plots
 
         write_plots(self.store, self.archives)
-        self.store.write_checkpoint(self._state(finished=True))
+        self.store.write_checkpoint(loop_state(self, finished=True))
         return summary
+
+    def close(self) -> None:
+        """Release the evaluator's workers (Ray actors)."""
+        self.evaluator.close()

@@ -13,11 +13,12 @@ import numpy as np
 import torch
 
 from cycleqd.engine.archive import Archives
-from cycleqd.engine.choice import Chooser
+from cycleqd.engine.choice import Chooser, best_task_arithmetic, best_ties
 from cycleqd.engine.progress import progress
-from cycleqd.evaluation.local import Evaluator, LocalEvaluator
+from cycleqd.evaluation.factory import build_scorers
+from cycleqd.evaluation.local import LocalEvaluator
+from cycleqd.evaluation.protocol import Evaluator
 from cycleqd.models.sources import ModelSource
-from cycleqd.scorers import SCORERS
 from cycleqd.stats import objective_value, report_intervals, retention
 from cycleqd.weights.genome import Genome
 from cycleqd.weights.materialize import Materializer
@@ -26,8 +27,10 @@ from cycleqd.weights.space import WeightSpace
 __all__ = [
     "SOUP_SIZES",
     "VALIDATION_TEMPERATURES",
+    "baselines",
     "choose_final",
     "final_candidates",
+    "final_model",
     "ranked_by_objective",
     "report_summary",
     "score_report",
@@ -187,6 +190,41 @@ def choose_final(
     return chosen["genome"], info
 
 
+def final_model(
+    final: Any,
+    archives: Archives,
+    tasks: list[str],
+    genome_of: Callable[[int], Genome],
+    expert_scores: list[list[float]],
+    chooser: Chooser,
+) -> tuple[Genome, dict[str, Any]]:
+    """The final model of a run's archives, and how it was chosen.
+
+    ``expert_scores``: the experts' rows on the search split (retention divides by them).
+    """
+    searched = {t: expert_scores[j][j] for j, t in enumerate(tasks)}
+    candidates = final_candidates(final, archives, tasks, genome_of, searched)
+    return choose_final(candidates, chooser, final)
+
+
+def baselines(
+    space: WeightSpace, chooser: Chooser, final: Any
+) -> tuple[dict[str, Genome], dict[str, Any]]:
+    """The report's reference models and how the merges among them were chosen on val.
+
+    The base, each expert, task arithmetic at the best of ``final.lambdas`` and, with
+    ``final.ties_densities``, TIES at the best density: the run's report and ``cycleqd
+    compare`` both choose them here.
+    """
+    methods = {"base": Genome.base(space)}
+    methods |= {f"expert_{t}": Genome.expert(space, k) for k, t in enumerate(space.expert_names)}
+    lam, methods["task_arithmetic_best"] = best_task_arithmetic(space, chooser, final.lambdas)
+    info: dict[str, Any] = {"task_arithmetic_lambda": lam}
+    if final.ties_densities:
+        info["ties_density"], methods["ties"] = best_ties(space, chooser, final.ties_densities)
+    return methods, info
+
+
 def score_report(
     methods: dict[str, Genome],
     evaluator: Evaluator,
@@ -209,12 +247,7 @@ def score_report(
     items = dict(zip(methods, result.items, strict=True))
     report = final.report
     if report:
-        reporter = LocalEvaluator(
-            space,
-            source,
-            {m.name: SCORERS.build(m.scorer, **m.params) for m in report},
-            materializer=materializer,
-        )
+        reporter = LocalEvaluator(space, source, build_scorers(report), materializer=materializer)
         extra = reporter.evaluate(list(methods.values()), "test")
         for name, row in zip(methods, extra.scores, strict=True):
             rows[name] |= {m.name: float(v) for m, v in zip(report, row, strict=True)}

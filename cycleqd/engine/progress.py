@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import dataclass
 
-__all__ = ["progress"]
+__all__ = ["GenerationReport", "progress"]
 
 _START = time.monotonic()
 
@@ -21,3 +22,14 @@ def progress(message: str) -> None:
         return
     elapsed = time.monotonic() - _START
     print(f"[{elapsed:7.1f} s] {message}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class GenerationReport:
+    """What one generation did, for progress displays (the evolver's ``on_generation``)."""
+
+    generation: int
+    generations: int
+    active_task: str
+    stats: dict[str, dict[str, float]]
+    seconds: float

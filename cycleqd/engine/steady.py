@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from cycleqd.evaluation.local import SEARCH, Outcome
+from cycleqd.evaluation.protocol import SEARCH, Outcome
 from cycleqd.weights.genome import Genome
 
 __all__ = ["SteadySchedule"]

@@ -139,6 +139,14 @@ class RunStore:
         """A stored genome."""
         return Genome.load(self.genome_path(genome_id))
 
+    def write_final(self, final: Genome, info: dict[str, Any], summary: dict[str, Any]) -> None:
+        """The final model (``final.genome``, also in ``genomes/``), ``final.json``, the report."""
+        self.save_genome(final)
+        final.save(self.root / "final.genome")
+        info["final_genome"] = final.id
+        self.write_json("final.json", info)
+        self.write_json("summary.json", summary)
+
     def write_json(self, name: str, data: Any) -> None:
         """Write ``name`` atomically."""
         atomic_write_json(self.root / name, data)

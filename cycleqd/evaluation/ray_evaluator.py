@@ -22,14 +22,14 @@ import math
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from cycleqd.errors import CycleQDError
-from cycleqd.evaluation.local import Evaluation, Outcome
+from cycleqd.evaluation.protocol import Evaluation, Outcome
 from cycleqd.weights.genome import Genome
 
 __all__ = ["RayEvaluator"]
@@ -38,20 +38,14 @@ __all__ = ["RayEvaluator"]
 class _Worker:
     """The actor: the weight space and a resident model, built once from the run config."""
 
-    def __init__(self, config_json: str, threads: int) -> None:
+    def __init__(self, config_json: str, threads: int, build: Callable[..., Any]) -> None:
         import torch
 
         from cycleqd.config import RunConfig
-        from cycleqd.evaluation.local import LocalEvaluator
-        from cycleqd.models.sources import load_models
-        from cycleqd.scorers import SCORERS
 
         _unshadow_kernels()
         torch.set_num_threads(threads)  # the CPUs Ray reserved, for torch and the sandbox pool
-        config = RunConfig.model_validate_json(config_json)
-        source, space = load_models(config)
-        scorers = {t.name: SCORERS.build(t.scorer, **t.params) for t in config.tasks}
-        self.local = LocalEvaluator(space, source, scorers)
+        self.local = build(RunConfig.model_validate_json(config_json))
 
     def ready(self) -> tuple[str, int]:
         """Where this worker runs: its node's id and its process id."""
@@ -138,6 +132,8 @@ class RayEvaluator:
     Args:
         config: the run's :class:`cycleqd.config.RunConfig` (each actor rebuilds the weight
             space and the scorers from it).
+        build: what each actor calls with the config to build its in-process evaluator
+            (:func:`cycleqd.evaluation.factory.local_evaluator`; pickled by reference).
         workers: actors, one per worker slot.
         cpus_per_worker: CPUs Ray reserves per actor (its torch threads and sandbox processes).
         gpus_per_worker: GPUs per actor (fractions share a GPU).
@@ -158,6 +154,7 @@ class RayEvaluator:
         self,
         config: Any,
         *,
+        build: Callable[..., Any],
         workers: int = 2,
         cpus_per_worker: float = 1.0,
         gpus_per_worker: float = 0.0,
@@ -176,6 +173,7 @@ class RayEvaluator:
         self._config_json = config.model_dump_json()
         self._actor_class = ray.remote(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker)(_Worker)
         self._threads = max(1, math.floor(cpus_per_worker))
+        self._build = build
         self._describe = (
             f"{workers} Ray worker(s) of {cpus_per_worker:g} CPU(s) and {gpus_per_worker:g} GPU(s)"
         )
@@ -212,7 +210,7 @@ class RayEvaluator:
         return [slot.actor for slot in self.slots]
 
     def _spawn(self) -> _Slot:
-        actor = self._actor_class.remote(self._config_json, self._threads)
+        actor = self._actor_class.remote(self._config_json, self._threads, self._build)
         return _Slot(actor, starting=actor.ready.remote(), started_at=time.monotonic())
 
     def _replace(self, slot: _Slot) -> None:

@@ -17,8 +17,7 @@ from conftest import digits_yaml, limit_to_children
 from cycleqd import Archives, Evolver, Genome, load_config, load_run
 from cycleqd.config import ConfigError
 from cycleqd.engine.archive import derive_ranges
-from cycleqd.engine.evolver import softmax
-from cycleqd.engine.final import ranked_by_objective
+from cycleqd.engine.final import ranked_by_objective, softmax
 from cycleqd.engine.store import RunStore
 from cycleqd.stats import objective_value
 

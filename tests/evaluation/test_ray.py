@@ -19,9 +19,8 @@ from conftest import digits_yaml, limit_to_children, ray_yaml, tiny_quickstart_y
 
 from cycleqd import Evolver, Genome, load_config
 from cycleqd.engine.store import RunStore
-from cycleqd.evaluation.local import LocalEvaluator
+from cycleqd.evaluation.factory import local_evaluator
 from cycleqd.models.sources import load_models
-from cycleqd.scorers import SCORERS
 
 
 @pytest.fixture(scope="module")
@@ -31,10 +30,8 @@ def setup(tmp_path_factory, digits_cache):
     path = tmp_path_factory.mktemp("ray") / "digits.yaml"
     cfg = load_config(digits_yaml(path, digits_cache))
     source, space = load_models(cfg)
-    local = LocalEvaluator(
-        space, source, {t.name: SCORERS.build(t.scorer, **t.params) for t in cfg.tasks}
-    )
-    remote = RayEvaluator(cfg, workers=2, cpus_per_worker=0.5)
+    local = local_evaluator(cfg, source=source, space=space)
+    remote = RayEvaluator(cfg, build=local_evaluator, workers=2, cpus_per_worker=0.5)
     genomes = [Genome.base(space), Genome.expert(space, 2)]
     genomes += [Genome.linear(space, torch.tensor([0.3 * i, 0.2, 0.5])) for i in range(4)]
     yield local, remote, space, genomes
