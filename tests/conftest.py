@@ -170,14 +170,21 @@ def tiny_quickstart_yaml(path, cache, *, problems=4, final=None, evaluation=None
 
 @pytest.fixture(scope="session")
 def tiny_lm(tinylm_micro):
-    """The micro tiny base language model, weights loaded, its tokenizer as ``model.tokenizer``."""
+    """The micro tiny base language model, weights loaded (nothing attached to it)."""
     import transformers
 
     _, _, (base, _) = tinylm_micro
     model = transformers.AutoModelForCausalLM.from_pretrained(base)
-    model.tokenizer = transformers.AutoTokenizer.from_pretrained(base)
-    model.cycleqd_path = str(base)
     return model.eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_ctx(tinylm_micro):
+    """The scoring context an evaluator builds for ``tiny_lm``: its tokenizer and directory."""
+    from cycleqd.scorers import ScoringContext
+
+    _, _, (base, _) = tinylm_micro
+    return ScoringContext.for_base(base)
 
 
 def limit_to_children(evolver):

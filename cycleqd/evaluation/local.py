@@ -18,7 +18,7 @@ import numpy as np
 from cycleqd.errors import CycleQDError
 from cycleqd.evaluation.protocol import Evaluation, Outcome
 from cycleqd.models.sources import ModelSource, load_into
-from cycleqd.scorers import Scorer, scorer_split
+from cycleqd.scorers import Scorer, ScoringContext, call_scorer
 from cycleqd.stats import Score
 from cycleqd.weights.genome import Genome
 from cycleqd.weights.materialize import Materializer
@@ -58,6 +58,8 @@ class LocalEvaluator:
         self.nodes: list[str] | None = None  # scored here
         self.model = load_into(source.make_model(), self.materializer.state_dict)
         self.model.to(space.device)
+        # what every scorer here shares: the base's tokenizer and path, the weights' version
+        self.context = ScoringContext.for_base(space.base_path)
         self._queue: list[tuple[int, Genome, str]] = []
         self._tickets = itertools.count()
 
@@ -84,10 +86,10 @@ class LocalEvaluator:
         self.materializer.materialize(genome)
         # scorers that share work across tasks (one decoding batch for every skill) know by
         # this that the weights changed
-        self.model.cycleqd_weights_version = next(_WEIGHTS_VERSIONS)
+        self.context.weights_version = next(_WEIGHTS_VERSIONS)
         for j, task in enumerate(self.tasks):
             scorer = self.scorers[task]
-            result = scorer(self.model, scorer_split(scorer, split))
+            result = call_scorer(scorer, self.model, split, self.context)
             value = float(result)
             if not (math.isfinite(value) and 0.0 <= value <= 1.0):
                 raise CycleQDError(f"scorer of task {task!r} returned {value}, outside [0, 1]")

@@ -9,7 +9,7 @@ shares one engine.
   ``model.generate`` with left padding. Nothing is copied: the evaluator updates the model's
   weights in place between candidates.
 * ``vllm``: a vLLM engine of the same architecture, built once per worker from the base model's
-  directory. When the evaluator marks new weights (``model.cycleqd_weights_version``), the
+  directory. When the evaluator marks new weights (the scoring context's ``weights_version``), the
   resident model's tensors are handed to the engine through vLLM's supported extension points:
   a worker extension (``worker_extension_cls``) whose method vLLM runs on its worker through
   ``LLM.collective_rpc`` and which calls the model's own ``load_weights`` (the loader vLLM uses
@@ -18,7 +18,10 @@ shares one engine.
   weights, not a 16 GB reload. Nothing writes into vLLM's private state.
 
 Backends are plain objects with one method, so a plug-in (an API server, a test's oracle) is a
-dotted path ``package.module:Factory`` in a scorer's ``backend`` parameter.
+dotted path ``package.module:Factory`` in a scorer's ``backend`` parameter. A backend whose
+``takes_context`` is true is also given the evaluator's
+:class:`~cycleqd.models.context.ScoringContext` (the tokenizer, the base's directory, the
+weights' version) as ``context=``; the built-in ones need it, a plug-in may leave it out.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from typing import Any, Protocol
 import torch
 
 from cycleqd.errors import CycleQDError
+from cycleqd.models.context import ScoringContext
 from cycleqd.registry import Registry
 
 __all__ = [
@@ -47,7 +51,7 @@ Message = dict[str, str]
 
 
 class Backend(Protocol):
-    """Greedy replies to conversations."""
+    """Greedy replies to conversations (given ``context=`` too if ``takes_context`` is true)."""
 
     def chat(
         self,
@@ -107,6 +111,8 @@ class TransformersBackend:
             ``None``: the model's context less ``max_new_tokens``.
     """
 
+    takes_context = True
+
     def __init__(self, *, batch_size: int = 16, max_prompt_tokens: int | None = None) -> None:
         if batch_size < 1:
             raise CycleQDError(f"transformers backend: batch_size must be >= 1, got {batch_size}")
@@ -121,13 +127,15 @@ class TransformersBackend:
         max_new_tokens: int,
         stop: Sequence[str] = (),
         chat_template: str | None = None,
+        context: ScoringContext | None = None,
     ) -> list[str]:
         """Greedy replies, ``batch_size`` conversations at a time."""
-        tokenizer = getattr(model, "tokenizer", None)
+        tokenizer = context.tokenizer if context is not None else None
         if tokenizer is None:
             raise CycleQDError(
-                "the transformers backend needs the model's tokenizer as model.tokenizer: "
-                "put the tokenizer files in the base model's directory"
+                "the transformers backend needs the model's tokenizer in the scoring context: "
+                "put the tokenizer files in the base model's directory (by hand: pass "
+                "ScoringContext(tokenizer=...))"
             )
         device = next(model.parameters()).device
         eos = _eos_ids(model, tokenizer)
@@ -140,9 +148,9 @@ class TransformersBackend:
             tokenizer.pad_token = tokenizer.eos_token
         pad = tokenizer.pad_token_id
         keep = self.max_prompt_tokens
-        context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-        if keep is None and isinstance(context, int) and context > max_new_tokens:
-            keep = context - max_new_tokens  # the prompt's end and the reply fit the context
+        window = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+        if keep is None and isinstance(window, int) and window > max_new_tokens:
+            keep = window - max_new_tokens  # the prompt's end and the reply fit the context
         out: list[str] = []
         prompts = [render_chat(tokenizer, c, chat_template) for c in conversations]
         templated = bool(chat_template or getattr(tokenizer, "chat_template", None))
@@ -222,7 +230,7 @@ class VLLMBackend:
 
     Args:
         model: the directory vLLM builds the engine from; default: the base model's (the
-            resident model's ``cycleqd_path``).
+            scoring context's ``model_path``).
         gpu_memory_utilization: the engine's share of the device (the resident model, the task
             vectors and the SVD cache need the rest; ``cycleqd plan`` says how much).
         max_model_len: the engine's context.
@@ -250,7 +258,9 @@ class VLLMBackend:
         self.synced: Any = object()  # no version yet
         self.updates = 0
 
-    def _engine(self, model: Any) -> Any:
+    takes_context = True
+
+    def _engine(self, model: Any, context: ScoringContext | None) -> Any:
         if self.engine is not None:
             return self.engine
         try:
@@ -260,7 +270,7 @@ class VLLMBackend:
                 "backend 'vllm' needs vLLM: `pip install vllm` on a machine with a GPU, "
                 "or use backend: transformers"
             ) from None
-        path = self.path or getattr(model, "cycleqd_path", None)
+        path = self.path or (context.model_path if context is not None else None)
         if path is None:
             raise CycleQDError(
                 "the vllm backend needs the base model's directory: set the scorer's "
@@ -282,14 +292,14 @@ class VLLMBackend:
             self.sampling = vllm.SamplingParams
         return self.engine
 
-    def sync(self, model: Any) -> bool:
+    def sync(self, model: Any, context: ScoringContext | None = None) -> bool:
         """Push the resident model's weights to the engine if they changed; whether it did.
 
-        A model the evaluator never marked (``cycleqd_weights_version`` unset) is pushed every
-        time: stale weights would score the wrong model.
+        Weights whose version is unknown (no context, or ``weights_version`` unset) are pushed
+        every time: stale weights would score the wrong model.
         """
-        engine = self._engine(model)
-        version = getattr(model, "cycleqd_weights_version", None)
+        engine = self._engine(model, context)
+        version = context.weights_version if context is not None else None
         if version is not None and version == self.synced:
             return False
         weights = [(name, tensor.detach()) for name, tensor in model.state_dict().items()]
@@ -307,12 +317,13 @@ class VLLMBackend:
         max_new_tokens: int,
         stop: Sequence[str] = (),
         chat_template: str | None = None,
+        context: ScoringContext | None = None,
     ) -> list[str]:
         """Greedy replies from the engine, after syncing the weights."""
-        self.sync(model)
+        self.sync(model, context)
         make = self.sampling or (lambda **kw: kw)
         params = make(temperature=0.0, max_tokens=max_new_tokens, stop=list(stop) or None)
-        tokenizer = getattr(model, "tokenizer", None)
+        tokenizer = context.tokenizer if context is not None else None
         if chat_template and tokenizer is not None and tokenizer.bos_token:
             # vLLM adds no special tokens to a rendered chat: a custom template that does not
             # write the BOS its model expects gets it here, as in the transformers backend
@@ -325,12 +336,12 @@ class VLLMBackend:
         return [cut(o.outputs[0].text, stop) for o in outputs]
 
 
-def backend_for(model: Any, name: str = "transformers", **params: Any) -> Backend:
-    """The backend ``name`` of this model, built once per process and parameters.
+def backend_for(context: ScoringContext, name: str = "transformers", **params: Any) -> Backend:
+    """The backend ``name`` with ``params``, built once per scoring context (one evaluator).
 
     Scorers of several tasks on one worker therefore share one engine.
     """
-    cache = model.__dict__.setdefault("_cycleqd_backends", {})
+    cache = context.shared.setdefault("backends", {})
     key = (name, repr(sorted(params.items())))
     if key not in cache:
         cache[key] = BACKENDS.build(name, **params)

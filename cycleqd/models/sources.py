@@ -199,13 +199,10 @@ class PathsSource:
         # built on the CPU, not the meta device: non-persistent buffers (rotary frequencies) are
         # computed at construction and are not in the checkpoint
         model = cls._from_config(config)
-        model.cycleqd_path = str(self.base)  # where an engine (vLLM) can build the same model
         if (self.base / "generation_config.json").is_file():
             # an instruct model's end-of-turn tokens (Llama-3's <|eot_id|>) live here
             model.generation_config = transformers.GenerationConfig.from_pretrained(self.base)
-        if any((self.base / name).is_file() for name in ("tokenizer.json", "tokenizer.model")):
-            # language-model scorers find the tokenizer here
-            model.tokenizer = transformers.AutoTokenizer.from_pretrained(self.base)
+        # its tokenizer and path reach scorers in the evaluator's ScoringContext, not on it
         return model
 
     def export(self, state_dict: Mapping[str, torch.Tensor], out_dir: Path) -> Path:

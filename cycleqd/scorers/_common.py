@@ -10,6 +10,7 @@ from typing import Any
 
 from cycleqd.errors import CycleQDError
 from cycleqd.generation.backends import Backend, Message, backend_for
+from cycleqd.models.context import ScoringContext
 from cycleqd.scorers import TaskShape
 
 __all__ = ["GenerationSettings", "code_block", "read_records"]
@@ -102,17 +103,28 @@ class GenerationSettings:
         self.max_new_tokens, self.chat_template = max_new_tokens, chat_template
 
     def chat(
-        self, model: Any, conversations: Sequence[Sequence[Message]], stop: Sequence[str] = ()
+        self,
+        model: Any,
+        conversations: Sequence[Sequence[Message]],
+        stop: Sequence[str] = (),
+        context: ScoringContext | None = None,
     ) -> list[str]:
-        """Greedy replies to ``conversations`` from the configured backend."""
+        """Greedy replies to ``conversations`` from the configured backend.
+
+        ``context``: the evaluator's (a fresh one when scored by hand, which holds no
+        tokenizer).
+        """
         if not conversations:
             return []
+        context = context if context is not None else ScoringContext()
         backend = (
-            backend_for(model, self.backend, **self.backend_params)
+            backend_for(context, self.backend, **self.backend_params)
             if isinstance(self.backend, str)
             else self.backend
         )
-        extra = {"chat_template": self.chat_template} if self.chat_template else {}
+        extra: dict[str, Any] = {"chat_template": self.chat_template} if self.chat_template else {}
+        if getattr(backend, "takes_context", False):
+            extra["context"] = context
         replies = backend.chat(
             model, conversations, max_new_tokens=self.max_new_tokens, stop=stop, **extra
         )

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from cycleqd.errors import CycleQDError
+from cycleqd.models.context import ScoringContext
 from cycleqd.sandbox.box import Limits
 from cycleqd.scorers import TaskShape
 from cycleqd.scorers._common import (
@@ -397,10 +398,13 @@ class CodePassAt1:
         self._checked.add(split)
         return self.problems[split]
 
-    def __call__(self, model: Any, split: str) -> float:
-        """pass@1 on ``split``."""
+    takes_context = True
+
+    def __call__(self, model: Any, split: str, context: ScoringContext | None = None) -> float:
+        """pass@1 on ``split`` (``context``: the evaluator's; see :mod:`cycleqd.scorers`)."""
         check_split(split, WHAT)
         problems = self.checked(split) if self.check_gold else self.problems[split]
-        replies = self.generation.chat(model, self.conversations(split), stop=self.stop)
+        conversations = self.conversations(split)
+        replies = self.generation.chat(model, conversations, stop=self.stop, context=context)
         verdicts = self.passed(problems, replies)
         return sum(verdicts) / len(verdicts)

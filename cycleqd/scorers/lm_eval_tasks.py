@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from cycleqd.errors import CycleQDError
+from cycleqd.models.context import ScoringContext
 from cycleqd.scorers import TaskShape
 from cycleqd.scorers._common import check_split
 
@@ -125,19 +126,24 @@ class LmEvalTasks:
         self._manager: Any = None
         self.last_results: dict[str, float] = {}
 
-    def _wrap(self, model: Any) -> Any:
+    def _wrap(self, model: Any, context: ScoringContext | None) -> Any:
         if self.lm is not None:
             return self.lm(model)
         from lm_eval.models.huggingface import HFLM
 
-        tokenizer = getattr(model, "tokenizer", None)
+        tokenizer = context.tokenizer if context is not None else None
         if tokenizer is None:
-            raise CycleQDError(f"{WHAT} needs the model's tokenizer as model.tokenizer")
+            raise CycleQDError(
+                f"{WHAT} needs the model's tokenizer in the scoring context: put the tokenizer "
+                "files in the base model's directory (by hand: pass ScoringContext(tokenizer=...))"
+            )
         extra = {} if self.max_length is None else {"max_length": self.max_length}
         return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=self.batch_size, **extra)
 
-    def __call__(self, model: Any, split: str) -> float:
-        """The mean of ``metric`` over the split's tasks."""
+    takes_context = True
+
+    def __call__(self, model: Any, split: str, context: ScoringContext | None = None) -> float:
+        """The mean of ``metric`` over the split's tasks (``context``: its tokenizer)."""
         import lm_eval
         from lm_eval.tasks import TaskManager
 
@@ -154,7 +160,7 @@ class LmEvalTasks:
                     "include_path"
                 )
             results = lm_eval.simple_evaluate(
-                model=self._wrap(model),
+                model=self._wrap(model, context),
                 tasks=list(self.tasks[split]),
                 task_manager=self._manager,
                 limit=self.limit,

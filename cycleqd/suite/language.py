@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from cycleqd.errors import CycleQDError
-from cycleqd.scorers import TaskShape
+from cycleqd.scorers import ScoringContext, TaskShape
 from cycleqd.scorers.lm_eval_tasks import quiet_lm_eval
 
 __all__ = ["LanguageRetention", "TASK"]
@@ -79,15 +79,20 @@ class LanguageRetention:
             "test": paragraphs[documents : 2 * documents],
         }
 
-    def __call__(self, model: Any, split: str) -> float:
-        """``2 ** -bits_per_byte`` of ``model`` on ``split``'s paragraphs."""
+    takes_context = True
+
+    def __call__(self, model: Any, split: str, context: ScoringContext | None = None) -> float:
+        """``2 ** -bits_per_byte`` of ``model`` on ``split``'s paragraphs (context: tokenizer)."""
         import lm_eval
         from lm_eval.models.huggingface import HFLM
         from lm_eval.tasks import TaskManager
 
-        tokenizer = getattr(model, "tokenizer", None)
+        tokenizer = context.tokenizer if context is not None else None
         if tokenizer is None:
-            raise CycleQDError("LanguageRetention needs the model's tokenizer as model.tokenizer")
+            raise CycleQDError(
+                "LanguageRetention needs the model's tokenizer in the scoring context "
+                "(by hand: pass ScoringContext(tokenizer=...))"
+            )
         if split not in self.documents:
             raise CycleQDError(f"unknown split {split!r}; use val or test")
         with quiet_lm_eval():

@@ -157,6 +157,8 @@ class WeightSpace:
         self.device = torch.device(device)
         self.dtype = parse_dtype(dtype)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        #: where the base was loaded from (:meth:`from_paths`); ``None`` for tensors given
+        self.base_path: Path | None = None
         self.expert_names: list[str] = list(experts)
         base = {name: self._cast(t) for name, t in base.items()}
         self.tensor_names: list[str] = [n for n, t in base.items() if t.is_floating_point()]
@@ -236,13 +238,15 @@ class WeightSpace:
         def loader(name: str, path: str | Path) -> Callable[[], dict[str, torch.Tensor]]:
             return lambda: load_state_dict(path, what=f"expert {name!r}", allow_pickle=allow_pickle)
 
-        return cls(
+        space = cls(
             base=base_sd,
             experts={n: loader(n, p) for n, p in experts.items()},
             device=device,
             dtype=dtype,
             cache_dir=cache_dir,
         )
+        space.base_path = Path(base).expanduser()
+        return space
 
     # --- views -------------------------------------------------------------------------------
 

@@ -275,7 +275,7 @@ def test_answers_are_compared_as_multisets_of_normalised_values():
     assert parse_final_answer(f"[{huge}]") == [huge]
 
 
-def test_the_tiny_model_runs(tiny_lm, data):
+def test_the_tiny_model_runs(tiny_lm, tiny_ctx, data):
     for mode in ("single", "multi"):
         scorer = SCORERS.build(
             "dbbench",
@@ -286,7 +286,7 @@ def test_the_tiny_model_runs(tiny_lm, data):
             max_new_tokens=16,
             backend_params={"max_prompt_tokens": 64},
         )
-        score = scorer(tiny_lm, "val")
+        score = scorer(tiny_lm, "val", tiny_ctx)
         assert isinstance(score, float) and 0.0 <= score <= 1.0
 
 

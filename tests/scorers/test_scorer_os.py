@@ -185,9 +185,9 @@ def test_output_is_truncated_and_stderr_shown(tmp_path, tasks_file):
     assert "missing-file" in short.play(None, "val")[0].messages[-2]["content"]
 
 
-def test_tiny_model_runs(tasks_file, tiny_lm):
+def test_tiny_model_runs(tasks_file, tiny_lm, tiny_ctx):
     scorer = OSInteraction(val=tasks_file, max_new_tokens=16, max_turns=2)
-    score = scorer(tiny_lm, "val")
+    score = scorer(tiny_lm, "val", tiny_ctx)
     assert 0.0 <= score <= 1.0
 
 

@@ -19,7 +19,7 @@ from cycleqd.generation.backends import (
     cut,
     render_chat,
 )
-from cycleqd.scorers import SCORERS
+from cycleqd.scorers import SCORERS, ScoringContext
 from cycleqd.scorers.code import CodePassAt1
 
 # --- code ------------------------------------------------------------------------------------
@@ -156,7 +156,7 @@ def test_evalplus_records_compare_with_the_canonical_outputs(tmp_path):
     assert plain.passed(plain.problems["val"], tuples) == [False, False]
 
 
-def test_stop_strings_and_a_chat_template_reach_the_backend(mbpp_file, tiny_lm):
+def test_stop_strings_and_a_chat_template_reach_the_backend(mbpp_file, tiny_lm, tiny_ctx):
     seen = {}
 
     class Recorder:
@@ -175,8 +175,8 @@ def test_stop_strings_and_a_chat_template_reach_the_backend(mbpp_file, tiny_lm):
     assert scorer(None, "val") == 0.0
     assert seen == {"stop": ["@@ Instruction"], "template": template, "tokens": 7}
     messages = scorer.conversations("val")[0]
-    assert render_chat(tiny_lm.tokenizer, messages, template).startswith("@@ Write a function")
-    assert render_chat(tiny_lm.tokenizer, messages, template).endswith("@@ Response:")
+    assert render_chat(tiny_ctx.tokenizer, messages, template).startswith("@@ Write a function")
+    assert render_chat(tiny_ctx.tokenizer, messages, template).endswith("@@ Response:")
 
 
 def test_hostile_code_fails_inside_the_sandbox(mbpp_file):
@@ -273,9 +273,9 @@ def test_mbpp_plus_rows_from_the_hub_format(tmp_path):
     assert plus(None, "val") == 1.0
 
 
-def test_code_scorer_runs_the_tiny_model(tiny_lm, mbpp_file):
+def test_code_scorer_runs_the_tiny_model(tiny_lm, tiny_ctx, mbpp_file):
     scorer = CodePassAt1(val=str(mbpp_file), max_new_tokens=12)
-    score = scorer(tiny_lm, "val")
+    score = scorer(tiny_lm, "val", tiny_ctx)
     assert 0.0 <= score <= 1.0
 
 
@@ -369,20 +369,20 @@ def test_lm_eval_tasks_by_name_from_the_users_registry(task_folder):
     assert scorer(None, "val") == 0.0
 
 
-def test_lm_eval_runs_the_tiny_model_and_explains_bad_names(tiny_lm, task_folder):
+def test_lm_eval_runs_the_tiny_model_and_explains_bad_names(tiny_lm, tiny_ctx, task_folder):
     scorer = SCORERS.build(
         "lm_eval", tasks=["cq_quiz_val", "cq_quiz_test"], include_path=str(task_folder)
     )
-    score = scorer(tiny_lm, "val")
+    score = scorer(tiny_lm, "val", tiny_ctx)
     assert 0.0 <= score <= 1.0 and set(scorer.last_results) == {"cq_quiz_val", "cq_quiz_test"}
     missing = SCORERS.build("lm_eval", tasks="cq_no_such_task", include_path=str(task_folder))
     with pytest.raises(CycleQDError, match=r"unknown lm-eval task\(s\) \['cq_no_such_task'\]"):
-        missing(tiny_lm, "val")
+        missing(tiny_lm, "val", tiny_ctx)
     wrong_metric = SCORERS.build(
         "lm_eval", tasks="cq_quiz_val", include_path=str(task_folder), metric="f1,none"
     )
     with pytest.raises(CycleQDError, match=r"reports no 'f1,none'.*acc,none"):
-        wrong_metric(tiny_lm, "val")
+        wrong_metric(tiny_lm, "val", tiny_ctx)
     with pytest.raises(CycleQDError, match="no tasks for the val split"):
         SCORERS.build("lm_eval", test_tasks="x")
 
@@ -390,11 +390,11 @@ def test_lm_eval_runs_the_tiny_model_and_explains_bad_names(tiny_lm, task_folder
 # --- generation backends ---------------------------------------------------------------------
 
 
-def test_cut_and_render_chat(tiny_lm):
+def test_cut_and_render_chat(tiny_lm, tiny_ctx):
     assert cut("SELECT 1;\nAction", ["\n", ";"]) == "SELECT 1"
     assert cut("no stop here", ["\n"]) == "no stop here"
     messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
-    assert render_chat(tiny_lm.tokenizer, messages) == "system: be brief\nuser: hi\nassistant:"
+    assert render_chat(tiny_ctx.tokenizer, messages) == "system: be brief\nuser: hi\nassistant:"
     templated = SimpleNamespace(
         chat_template="x",
         apply_chat_template=lambda msgs, tokenize, add_generation_prompt: (
@@ -404,14 +404,16 @@ def test_cut_and_render_chat(tiny_lm):
     assert render_chat(templated, messages) == "<2|True>"
 
 
-def test_batched_left_padding_gives_what_each_prompt_gives_alone(tiny_lm):
+def test_batched_left_padding_gives_what_each_prompt_gives_alone(tiny_lm, tiny_ctx):
     backend = TransformersBackend(batch_size=4)
     conversations = [
         [{"role": "user", "content": text}]
         for text in ("List the files.", "Count the lines of alpha/src/mod1.py please.", "x")
     ]
-    together = backend.chat(tiny_lm, conversations, max_new_tokens=8)
-    alone = [backend.chat(tiny_lm, [c], max_new_tokens=8)[0] for c in conversations]
+    together = backend.chat(tiny_lm, conversations, max_new_tokens=8, context=tiny_ctx)
+    alone = [
+        backend.chat(tiny_lm, [c], max_new_tokens=8, context=tiny_ctx)[0] for c in conversations
+    ]
     assert together == alone
 
 
@@ -432,21 +434,22 @@ def _tokenizer_variant(tokenizer, *, pad=True, bos=False):
     return variant
 
 
-def test_a_tokenizer_without_pad_token_pads_with_eos(tiny_lm, monkeypatch):
+def test_a_tokenizer_without_pad_token_pads_with_eos(tiny_lm, tiny_ctx):
     """Llama-3's tokenizer has no pad token."""
-    monkeypatch.setattr(tiny_lm, "tokenizer", _tokenizer_variant(tiny_lm.tokenizer, pad=False))
-    assert tiny_lm.tokenizer.pad_token is None
+    context = ScoringContext(tokenizer=_tokenizer_variant(tiny_ctx.tokenizer, pad=False))
+    assert context.tokenizer.pad_token is None
     replies = TransformersBackend(batch_size=2).chat(
         tiny_lm,
         [[{"role": "user", "content": "a"}], [{"role": "user", "content": "a b c"}]],
         max_new_tokens=3,
+        context=context,
     )
-    assert len(replies) == 2 and tiny_lm.tokenizer.pad_token == tiny_lm.tokenizer.eos_token
+    assert len(replies) == 2 and context.tokenizer.pad_token == context.tokenizer.eos_token
 
 
-def test_a_custom_template_gets_the_bos_the_model_expects(tiny_lm, monkeypatch):
-    tokenizer = _tokenizer_variant(tiny_lm.tokenizer, bos=True)
-    monkeypatch.setattr(tiny_lm, "tokenizer", tokenizer)
+def test_a_custom_template_gets_the_bos_the_model_expects(tiny_lm, tiny_ctx, monkeypatch):
+    tokenizer = _tokenizer_variant(tiny_ctx.tokenizer, bos=True)
+    context = ScoringContext(tokenizer=tokenizer)
     starts = []
     generate = tiny_lm.generate
 
@@ -458,10 +461,14 @@ def test_a_custom_template_gets_the_bos_the_model_expects(tiny_lm, monkeypatch):
     messages = [[{"role": "user", "content": "hi"}]]
     backend = TransformersBackend()
     backend.chat(
-        tiny_lm, messages, max_new_tokens=2, chat_template="@@ {{ messages[0]['content'] }}"
+        tiny_lm,
+        messages,
+        max_new_tokens=2,
+        chat_template="@@ {{ messages[0]['content'] }}",
+        context=context,
     )
     with_bos = "{{ bos_token }}@@ {{ messages[0]['content'] }}"
-    backend.chat(tiny_lm, messages, max_new_tokens=2, chat_template=with_bos)
+    backend.chat(tiny_lm, messages, max_new_tokens=2, chat_template=with_bos, context=context)
     assert starts == [tokenizer.bos_token_id] * 2
     bos_count = []
     monkeypatch.setattr(
@@ -472,20 +479,22 @@ def test_a_custom_template_gets_the_bos_the_model_expects(tiny_lm, monkeypatch):
             or generate(**kw)
         ),
     )
-    backend.chat(tiny_lm, messages, max_new_tokens=2, chat_template=with_bos)
+    backend.chat(tiny_lm, messages, max_new_tokens=2, chat_template=with_bos, context=context)
     assert bos_count == [1]  # never twice
 
 
-def test_transformers_backend_batches_and_stops(tiny_lm):
+def test_transformers_backend_batches_and_stops(tiny_lm, tiny_ctx):
     backend = TransformersBackend(batch_size=2)
     conversations = [[{"role": "user", "content": f"question {i}"}] for i in range(5)]
-    replies = backend.chat(tiny_lm, conversations, max_new_tokens=6, stop=["\n"])
+    replies = backend.chat(tiny_lm, conversations, max_new_tokens=6, stop=["\n"], context=tiny_ctx)
     assert len(replies) == 5 and all(isinstance(r, str) and "\n" not in r for r in replies)
-    single = backend.chat(tiny_lm, conversations[:1], max_new_tokens=6, stop=["\n"])
+    single = backend.chat(
+        tiny_lm, conversations[:1], max_new_tokens=6, stop=["\n"], context=tiny_ctx
+    )
     assert (
         single[0]
         == TransformersBackend(batch_size=1).chat(
-            tiny_lm, conversations[:1], max_new_tokens=6, stop=["\n"]
+            tiny_lm, conversations[:1], max_new_tokens=6, stop=["\n"], context=tiny_ctx
         )[0]
     )
     with pytest.raises(CycleQDError, match="tokenizer"):
@@ -538,42 +547,52 @@ def test_vllm_backend_pushes_weights_once_per_version(public):
     engine = FakeVLLM(public)
     backend = VLLMBackend(engine=engine, sampling=lambda **kw: kw)
     conversations = [[{"role": "user", "content": "a"}], [{"role": "user", "content": "b"}]]
-    model.cycleqd_weights_version = 1
-    replies = backend.chat(model, conversations, max_new_tokens=7, stop=["\n"])
+    context = ScoringContext(weights_version=1)
+    replies = backend.chat(model, conversations, max_new_tokens=7, stop=["\n"], context=context)
     assert replies == ["reply 0", "reply 1"]
     assert engine.params == {"temperature": 0.0, "max_tokens": 7, "stop": ["\n"]}
     assert engine.rpcs == ["cycleqd_load_weights"] and engine.resets == 1
     assert set(engine.loaded) == set(model.state_dict())
     assert all(torch.equal(engine.loaded[k], v) for k, v in model.state_dict().items())
-    backend.chat(model, conversations, max_new_tokens=7)  # same weights: nothing pushed
+    backend.chat(
+        model, conversations, max_new_tokens=7, context=context
+    )  # same weights: nothing pushed
     assert len(engine.rpcs) == 1 and engine.resets == 1
     with torch.no_grad():
         model[0].weight.add_(1.0)  # the evaluator materialises a child in place ...
-    model.cycleqd_weights_version = 2  # ... and marks it
-    backend.chat(model, conversations, max_new_tokens=7)
+    context.weights_version = 2  # ... and marks it
+    backend.chat(model, conversations, max_new_tokens=7, context=context)
     assert len(engine.rpcs) == 2 and engine.resets == 2
     assert torch.equal(engine.loaded["0.weight"], model[0].weight)
-    del model.cycleqd_weights_version  # unmarked weights are pushed every time
-    backend.chat(model, conversations, max_new_tokens=7)
-    backend.chat(model, conversations, max_new_tokens=7)
+    context.weights_version = None  # unmarked weights are pushed every time
+    backend.chat(model, conversations, max_new_tokens=7, context=context)
+    backend.chat(model, conversations, max_new_tokens=7, context=context)
     assert len(engine.rpcs) == 4 and backend.updates == 4
     assert engine.kwargs == {}
-    backend.chat(model, conversations, max_new_tokens=7, chat_template="{{ messages }}")
+    backend.chat(
+        model, conversations, max_new_tokens=7, chat_template="{{ messages }}", context=context
+    )
     assert engine.kwargs == {"chat_template": "{{ messages }}"}  # vLLM's own chat argument
 
 
-def test_vllm_backend_gives_a_custom_template_the_models_bos(tiny_lm, monkeypatch):
+def test_vllm_backend_gives_a_custom_template_the_models_bos(tiny_ctx):
     engine = FakeVLLM()
     backend = VLLMBackend(engine=engine, sampling=lambda **kw: kw)
     model = torch.nn.Linear(2, 2)
-    model.tokenizer = _tokenizer_variant(tiny_lm.tokenizer, bos=True)
+    context = ScoringContext(tokenizer=_tokenizer_variant(tiny_ctx.tokenizer, bos=True))
     conversation = [[{"role": "user", "content": "a"}]]
-    backend.chat(model, conversation, max_new_tokens=2, chat_template="@@ {{ messages }}")
+    backend.chat(
+        model, conversation, max_new_tokens=2, chat_template="@@ {{ messages }}", context=context
+    )
     assert engine.kwargs == {"chat_template": "{{ bos_token }}@@ {{ messages }}"}
-    backend.chat(model, conversation, max_new_tokens=2, chat_template="{{ bos_token }}x")
+    backend.chat(
+        model, conversation, max_new_tokens=2, chat_template="{{ bos_token }}x", context=context
+    )
     assert engine.kwargs == {"chat_template": "{{ bos_token }}x"}
-    model.tokenizer = tiny_lm.tokenizer  # adds no BOS to plain text: left alone
-    backend.chat(model, conversation, max_new_tokens=2, chat_template="@@ {{ messages }}")
+    context.tokenizer = tiny_ctx.tokenizer  # adds no BOS to plain text: left alone
+    backend.chat(
+        model, conversation, max_new_tokens=2, chat_template="@@ {{ messages }}", context=context
+    )
     assert engine.kwargs == {"chat_template": "@@ {{ messages }}"}
 
 
@@ -586,7 +605,7 @@ def test_vllm_backend_without_vllm_says_how_to_install():
         backend.chat(torch.nn.Linear(2, 2), [[{"role": "user", "content": "a"}]], max_new_tokens=2)
 
 
-def test_transformers_backend_keeps_prompts_within_the_context(tiny_lm, monkeypatch):
+def test_transformers_backend_keeps_prompts_within_the_context(tiny_lm, tiny_ctx, monkeypatch):
     lengths = []
     generate = tiny_lm.generate
 
@@ -596,9 +615,11 @@ def test_transformers_backend_keeps_prompts_within_the_context(tiny_lm, monkeypa
 
     monkeypatch.setattr(tiny_lm, "generate", spy)
     long = [[{"role": "user", "content": "count the lines " * 200}]]
-    TransformersBackend().chat(tiny_lm, long, max_new_tokens=5)
+    TransformersBackend().chat(tiny_lm, long, max_new_tokens=5, context=tiny_ctx)
     assert lengths[-1] == tiny_lm.config.max_position_embeddings - 5
-    TransformersBackend(max_prompt_tokens=10).chat(tiny_lm, long, max_new_tokens=5)
+    TransformersBackend(max_prompt_tokens=10).chat(
+        tiny_lm, long, max_new_tokens=5, context=tiny_ctx
+    )
     assert lengths[-1] == 10
 
 
@@ -654,11 +675,13 @@ def test_a_source_model_knows_its_directory_and_generation_config(tinylm_micro):
     """What the backends need of the evaluator's model: vLLM's build path, the end-of-turn ids."""
     _, source, (base, _) = tinylm_micro
     model = source.make_model()
-    assert model.cycleqd_path == str(base)
-    assert model.generation_config.eos_token_id == model.tokenizer.eos_token_id
+    context = ScoringContext.for_base(base)
+    assert context.model_path == str(base)
+    assert model.generation_config.eos_token_id == context.tokenizer.eos_token_id
+    assert not hasattr(model, "tokenizer") and not hasattr(model, "cycleqd_path")
 
 
-def test_the_papers_coding_task_renders_the_experts_format(tiny_lm):
+def test_the_papers_coding_task_renders_the_experts_format(tiny_lm, tiny_ctx):
     from cycleqd.config import load_config
 
     params = load_config(REPO / "experiments" / "llama3_8b_agentbench.yaml").tasks[0].params
@@ -666,6 +689,6 @@ def test_the_papers_coding_task_renders_the_experts_format(tiny_lm):
         {"role": "system", "content": params["system_prompt"]},
         {"role": "user", "content": "Write f."},
     ]
-    text = render_chat(tiny_lm.tokenizer, messages, params["chat_template"])
+    text = render_chat(tiny_ctx.tokenizer, messages, params["chat_template"])
     assert text.endswith("user instructions.\n\n@@ Instruction:\nWrite f.\n\n@@ Response:")
     assert params["stop"] == ["@@ Instruction", "@@ Response"]

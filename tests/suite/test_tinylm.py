@@ -11,6 +11,7 @@ import yaml
 
 from cycleqd import CycleQDError, Evolver, load_config
 from cycleqd.engine.store import RunStore
+from cycleqd.models import ScoringContext
 from cycleqd.models.sources import PathsSource
 from cycleqd.suite.skills import SKILLS, SkillAccuracy
 from cycleqd.suite.tinylm import TinyLMRecipe, TinyLMSource
@@ -40,12 +41,15 @@ def test_build_writes_loadable_models_with_their_tokenizer_and_caches(micro, mon
 def test_skill_accuracy_scores_a_model_by_execution(micro):
     _, _, (base, experts) = micro
     model = PathsSource(base=base, experts=experts).make_model()
-    assert model.tokenizer is not None
+    context = ScoringContext.for_base(base)
+    assert context.tokenizer is not None
+    with pytest.raises(CycleQDError, match="tokenizer in the scoring context"):
+        SkillAccuracy(skill="code", problems=4)(model, "val")  # by hand, without a context
     for skill in ("code", "sql", "shell"):
         scorer = SkillAccuracy(skill=skill, problems=4, test_problems=6)
         assert [len(scorer.problems[s]) for s in ("val", "test")] == [4, 6]
         for split in ("val", "test"):
-            value = scorer(model, split)
+            value = scorer(model, split, context)
             assert value in {i / len(scorer.problems[split]) for i in range(7)}
 
 
@@ -61,7 +65,8 @@ def test_skill_scorers_share_one_decoding_batch_and_score_the_same(micro):
     genomes = [Genome.expert(space, 1), Genome.base(space)]
     got = evaluator.evaluate(genomes, "val").scores
     # one batch: after the first candidate every scorer holds answers for the same weights
-    assert len(evaluator.model._cycleqd_skill_scorers) == 3
+    assert len(evaluator.context.shared["skill_accuracy"]) == 3
+    assert not [k for k in vars(evaluator.model) if k.startswith("_cycleqd")]  # nothing on it
     assert len({s._answers["val"][0] for s in shared.values()}) == 1
     model = PathsSource(base=base, experts=experts).make_model()  # no weights version: alone
     from cycleqd.models.sources import load_into
@@ -71,7 +76,8 @@ def test_skill_scorers_share_one_decoding_batch_and_score_the_same(micro):
     load_into(model, materializer.state_dict)
     for i, genome in enumerate(genomes):
         materializer.materialize(genome)
-        assert got[i].tolist() == [alone[s](model, "val") for s in SKILLS]
+        context = ScoringContext.for_base(base)  # no weights version: each scorer decodes alone
+        assert got[i].tolist() == [alone[s](model, "val", context) for s in SKILLS]
     # the completions themselves (of the last genome) are the same, batched or not
     assert all(alone[s]._answers["val"][1] == shared[s]._answers["val"][1] for s in SKILLS)
 
@@ -168,9 +174,10 @@ def test_language_retention_is_lm_evals_bits_per_byte(micro):
     _, _, (base, experts) = micro
     model = PathsSource(base=base, experts=experts).make_model()
     scorer = LanguageRetention(documents=3, max_length=1024)
-    got = scorer(model, "val")
+    context = ScoringContext.for_base(base)
+    got = scorer(model, "val", context)
     # the same quantity by hand: each paragraph scored as one window after the BOS token
-    tokenizer, nll, size = model.tokenizer, 0.0, 0
+    tokenizer, nll, size = context.tokenizer, 0.0, 0
     for text in scorer.documents["val"]:
         ids = [tokenizer.bos_token_id] + tokenizer(text)["input_ids"]
         with torch.no_grad():
@@ -178,7 +185,7 @@ def test_language_retention_is_lm_evals_bits_per_byte(micro):
         nll -= float(logp.gather(1, torch.tensor(ids[1:])[:, None]).sum())
         size += len(text.encode())
     assert got == pytest.approx(2 ** -(nll / math.log(2) / size), rel=1e-4)
-    assert 0 < got <= 1 and scorer(model, "test") != got
+    assert 0 < got <= 1 and scorer(model, "test", context) != got
 
 
 def test_experts_build_command_builds_once_and_prints_the_paths(tmp_path):

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from cycleqd.errors import CycleQDError
+from cycleqd.models.context import ScoringContext
 from cycleqd.sandbox.box import Limits, SandboxResult
 from cycleqd.scorers import TaskShape
 from cycleqd.scorers._common import GenerationSettings, check_split, data_shape
@@ -269,8 +270,15 @@ class DBBench:
 
     # -- scoring
 
-    def _single(self, model: Any, questions: list[DBQuestion], golds: list[_Gold]) -> list[bool]:
-        replies = self.generation.chat(model, [self.messages(q) for q in questions])
+    def _single(
+        self,
+        model: Any,
+        questions: list[DBQuestion],
+        golds: list[_Gold],
+        context: ScoringContext | None,
+    ) -> list[bool]:
+        conversations = [self.messages(q) for q in questions]
+        replies = self.generation.chat(model, conversations, context=context)
         fetch = [
             max(self.max_rows, sum(g.values.values()) + 1) if g.values is not None else 1
             for g in golds
@@ -294,7 +302,13 @@ class DBBench:
                 )
         return verdicts
 
-    def _multi(self, model: Any, questions: list[DBQuestion], golds: list[_Gold]) -> list[bool]:
+    def _multi(
+        self,
+        model: Any,
+        questions: list[DBQuestion],
+        golds: list[_Gold],
+        context: ScoringContext | None,
+    ) -> list[bool]:
         episodes = [
             _Episode(question=q, messages=self.messages(q), digest=g.initial)
             for q, g in zip(questions, golds, strict=True)
@@ -303,7 +317,7 @@ class DBBench:
             active = [e for e in episodes if not e.done]
             if not active:
                 break
-            replies = self.generation.chat(model, [e.messages for e in active])
+            replies = self.generation.chat(model, [e.messages for e in active], context=context)
             operating: list[tuple[_Episode, str]] = []
             for episode, reply in zip(active, replies, strict=True):
                 episode.messages.append({"role": "assistant", "content": reply})
@@ -335,14 +349,16 @@ class DBBench:
                 )
         return verdicts
 
-    def solved(self, model: Any, split: str) -> list[bool]:
+    def solved(self, model: Any, split: str, context: ScoringContext | None = None) -> list[bool]:
         """Whether the model solves each question of ``split``."""
         check_split(split, WHAT)
         questions, golds = self.questions[split], self.gold(split)
         run = self._single if self.mode == "single" else self._multi
-        return run(model, questions, golds)
+        return run(model, questions, golds, context)
 
-    def __call__(self, model: Any, split: str) -> float:
-        """The share of ``split``'s questions solved."""
-        verdicts = self.solved(model, split)
+    takes_context = True
+
+    def __call__(self, model: Any, split: str, context: ScoringContext | None = None) -> float:
+        """The share of ``split``'s questions solved (``context``: see :mod:`cycleqd.scorers`)."""
+        verdicts = self.solved(model, split, context)
         return sum(verdicts) / len(verdicts)

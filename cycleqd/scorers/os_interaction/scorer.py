@@ -22,6 +22,7 @@ from typing import Any
 
 from cycleqd.errors import CycleQDError
 from cycleqd.generation.backends import Backend, Message
+from cycleqd.models.context import ScoringContext
 from cycleqd.sandbox.box import Limits
 from cycleqd.scorers import TaskShape
 from cycleqd.scorers._common import GenerationSettings, check_split, data_shape
@@ -126,7 +127,7 @@ class OSInteraction:
             {"role": "user", "content": NEW_PROBLEM + task.description},
         ]
 
-    def play(self, model: Any, split: str) -> list[Episode]:
+    def play(self, model: Any, split: str, context: ScoringContext | None = None) -> list[Episode]:
         """Run every task of ``split`` as an episode; their transcripts and verdicts."""
         from cycleqd.sandbox.box import shared_sandbox
 
@@ -137,7 +138,8 @@ class OSInteraction:
             active = [e for e in episodes if e.action is None]
             if not active:
                 break
-            replies = self.generation.chat(model, [e.messages for e in active], stop=STOP)
+            conversations = [e.messages for e in active]
+            replies = self.generation.chat(model, conversations, stop=STOP, context=context)
             runs: list[tuple[Episode, str]] = []
             for episode, reply in zip(active, replies, strict=True):
                 episode.messages.append({"role": "assistant", "content": reply})
@@ -208,7 +210,9 @@ class OSInteraction:
         for episode, result in zip(checks, results, strict=True):
             episode.passed = result.ok
 
-    def __call__(self, model: Any, split: str) -> float:
-        """The share of ``split``'s tasks passed."""
-        episodes = self.play(model, split)
+    takes_context = True
+
+    def __call__(self, model: Any, split: str, context: ScoringContext | None = None) -> float:
+        """The share of ``split``'s tasks passed (``context``: see :mod:`cycleqd.scorers`)."""
+        episodes = self.play(model, split, context)
         return sum(e.passed for e in episodes) / len(episodes)

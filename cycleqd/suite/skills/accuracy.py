@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from cycleqd.errors import CycleQDError
+from cycleqd.models.context import ScoringContext
 from cycleqd.sandbox.box import shared_sandbox
 from cycleqd.scorers import TaskShape
 from cycleqd.stats import Score
@@ -19,7 +20,7 @@ class SkillAccuracy:
 
     Prompts of the split are decoded greedily all at once
     (:func:`cycleqd.generation.decode.greedy_decode`) and every answer runs in the sandbox against
-    its gold program. The tokenizer is the one the model source attaches as ``model.tokenizer``.
+    its gold program. The tokenizer is the scoring context's (the base directory's).
     Returns a :class:`cycleqd.stats.Score` (each request's verdict kept, for intervals).
 
     Args:
@@ -80,19 +81,19 @@ class SkillAccuracy:
             self._limits[split] = 4 + max(len(ids) for ids in tokenizer(golds)["input_ids"])
         return self._limits[split]
 
-    def _decode(self, model: Any, tokenizer: Any, split: str) -> list[str]:
+    def _decode(self, model: Any, context: ScoringContext, split: str) -> list[str]:
         """This scorer's completions for the model's current weights.
 
-        An evaluator that marks each new set of weights (``model.cycleqd_weights_version``) gets
-        every skill scorer's prompts decoded in one batch on the first scorer's call: one decoding
-        loop per candidate instead of one per skill. Results are the same either way.
+        An evaluator that versions each new set of weights (the context's ``weights_version``)
+        gets every skill scorer's prompts decoded in one batch on the first scorer's call: one
+        decoding loop per candidate instead of one per skill. Results are the same either way.
         """
         from cycleqd.generation.decode import greedy_decode
 
-        version = getattr(model, "cycleqd_weights_version", None)
+        tokenizer, version = context.tokenizer, context.weights_version
         peers: list[SkillAccuracy] = [self]
         if version is not None:
-            peers = model.__dict__.setdefault("_cycleqd_skill_scorers", [])
+            peers = context.shared.setdefault("skill_accuracy", [])
             if self not in peers:
                 peers.append(self)
             cached = self._answers.get(split)
@@ -110,17 +111,17 @@ class SkillAccuracy:
             peer._answers[split] = (version, mine)
         return self._answers[split][1]
 
-    def __call__(self, model: Any, split: str) -> Score:
+    takes_context = True
+
+    def __call__(self, model: Any, split: str, context: ScoringContext | None = None) -> Score:
         """Accuracy on ``split`` (``val``, ``search`` or ``test``), with each verdict."""
-        tokenizer = getattr(model, "tokenizer", None)
-        if tokenizer is None:
+        if context is None or context.tokenizer is None:
             raise CycleQDError(
-                "SkillAccuracy needs the model's tokenizer: the model source "
-                "attaches it as model.tokenizer (base directory with tokenizer "
-                "files)"
+                "SkillAccuracy needs the model's tokenizer in the scoring context (the base "
+                "directory's tokenizer files; by hand: pass ScoringContext(tokenizer=...))"
             )
         problems = self.problems[split]
-        answers = self._decode(model, tokenizer, split)
+        answers = self._decode(model, context, split)
         sandbox = shared_sandbox()
         if split not in self._gold:
             self._gold[split] = gold_outputs(sandbox, problems)
