@@ -17,20 +17,24 @@ from cycleqd.engine.evolver import Evolver
 
 __all__ = ["ABLATIONS"]
 
-#: The ablation chain, in the paper's order; each entry's evolution overrides.
+#: The ablation chain, in the paper's order (each a registered comparison method).
 ABLATIONS = ("fixed_axes", "cycling", "svd_mutation", "cycleqd")
 
 
-def _ablation(cfg: RunConfig, name: str, seed: int, std: float) -> RunConfig:
-    evo = cfg.evolution.model_dump()
+def _overrides(std: float) -> dict[str, dict[str, Any]]:
+    """Each ablation's evolution overrides (``std``: the Gaussian mutation's)."""
     gaussian = {"name": "gaussian", "params": {"std": std}}
     uniform = {"name": "uniform", "params": {}}
-    if name == "fixed_axes":
-        evo |= {"cycle": False, "mutation": gaussian, "selection": uniform}
-    elif name == "cycling":
-        evo |= {"cycle": True, "mutation": gaussian, "selection": uniform}
-    elif name == "svd_mutation":
-        evo |= {"cycle": True, "selection": uniform}
+    return {
+        "fixed_axes": {"cycle": False, "mutation": gaussian, "selection": uniform},
+        "cycling": {"cycle": True, "mutation": gaussian, "selection": uniform},
+        "svd_mutation": {"cycle": True, "selection": uniform},
+        "cycleqd": {},  # the config as it is
+    }
+
+
+def _ablation(cfg: RunConfig, name: str, seed: int, std: float) -> RunConfig:
+    evo = cfg.evolution.model_dump() | _overrides(std)[name]
     data = seeded(cfg, seed).model_dump() | {"evolution": evo, "name": f"{cfg.name}-{name}"}
     data["final"] = cfg.final.model_dump() | {"report": [], "ties_densities": []}
     return RunConfig.model_validate(data)

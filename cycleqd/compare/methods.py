@@ -19,7 +19,8 @@ from cycleqd.compare.ablations import ABLATIONS, _evolve
 from cycleqd.compare.context import _Context, builds_experts
 from cycleqd.config import RunConfig
 from cycleqd.engine.choice import best_task_arithmetic, best_ties
-from cycleqd.engine.final import SOUP_SIZES, VALIDATION_TEMPERATURES
+from cycleqd.engine.final import final_evaluations
+from cycleqd.errors import CycleQDError
 from cycleqd.weights.genome import Genome
 
 __all__ = ["METHODS", "STATIC", "evaluation_budget", "methods_of"]
@@ -44,9 +45,7 @@ def evaluation_budget(cfg: RunConfig) -> int:
     final-model candidate.
     """
     evo = cfg.evolution
-    final = 0
-    if cfg.final.method == "validation":
-        final = len(cfg.tasks) + 2 * len(VALIDATION_TEMPERATURES) + len(SOUP_SIZES)
+    final = final_evaluations(cfg.final, len(cfg.tasks))
     return len(cfg.tasks) + evo.generations * evo.batch_size + final
 
 
@@ -77,9 +76,10 @@ def _method(name: str) -> Callable[[_Context, int], tuple[Any, dict[str, Any]]]:
         return lambda ctx, seed: _static(
             ctx, Genome.expert(ctx.space, ctx.cfg.task_names.index(task))
         )
-    if name in METHODS:
-        return METHODS[name]
-    return lambda ctx, seed: _evolve(ctx, name, seed)  # CycleQD and its ablations
+    if name not in METHODS:
+        known = ["base", "expert_<task>", *METHODS]
+        raise CycleQDError(f"unknown comparison method {name!r}; known: {', '.join(known)}")
+    return METHODS[name]
 
 
 def _cma_es(ctx: _Context, seed: int) -> tuple[Any, dict[str, Any]]:
@@ -132,13 +132,19 @@ def _finetune(ctx: _Context, seed: int) -> tuple[Any, dict[str, Any]]:
     return ctx.test_row(Genome.expert(space, 0), val, report), {"steps": steps}
 
 
-#: The methods that are neither a single model nor an evolution: name → ``run(ctx, seed)``.
+def _ablation_run(name: str) -> Callable[[_Context, int], tuple[Any, dict[str, Any]]]:
+    return lambda ctx, seed: _evolve(ctx, name, seed)
+
+
+#: The comparison methods other than the single models (``base``, ``expert_<task>``), by name:
+#: ``run(ctx, seed) -> (test row, info)``. CycleQD and its ablations are full runs.
 METHODS: dict[str, Callable[[_Context, int], tuple[Any, dict[str, Any]]]] = {
     "task_arithmetic": _task_arithmetic,
     "ties": _ties("ties"),
     "dare_ties": _ties("dare_ties"),
     "cma_es": _cma_es,
     "multitask_finetune": _finetune,
+    **{name: _ablation_run(name) for name in ABLATIONS},
 }
 
 

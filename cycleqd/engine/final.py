@@ -30,6 +30,8 @@ __all__ = [
     "baselines",
     "choose_final",
     "final_candidates",
+    "final_evaluations",
+    "most_candidates",
     "final_model",
     "ranked_by_objective",
     "report_summary",
@@ -90,6 +92,28 @@ def _best_by_objective(
     return elite, keys[elite][0]
 
 
+def _schedule(final: Any) -> tuple[tuple[str, ...], tuple[float, ...], tuple[int, ...]]:
+    """The final choice's pools, softmax temperatures and soup sizes for the ``final`` config."""
+    if final.method == "validation":
+        return ("best_quality", "best_objective"), VALIDATION_TEMPERATURES, SOUP_SIZES
+    return ("best_quality",), (1.0,), ()
+
+
+def most_candidates(final: Any) -> int:
+    """How many candidates :func:`final_candidates` makes at most (fewer: too few elites)."""
+    pools, temperatures, soup_sizes = _schedule(final)
+    return len(pools) * len(temperatures) + len(soup_sizes)
+
+
+def final_evaluations(final: Any, n_tasks: int) -> int:
+    """The val evaluations the final choice costs at most: the candidates and the experts.
+
+    A single candidate is taken as it is: nothing is scored (:func:`choose_final`).
+    """
+    n = most_candidates(final)
+    return n + n_tasks if n > 1 else 0
+
+
 def final_candidates(
     final: Any,
     archives: Archives,
@@ -108,13 +132,12 @@ def final_candidates(
     genome; ``experts``: each expert's own search-split score.
     """
     K = len(tasks)
+    pool_names, temperatures, soup_sizes = _schedule(final)
     pools = {"best_quality": [archives.best(k) for k in range(K)]}
-    temperatures: tuple[float, ...] = (1.0,)
-    if final.method == "validation":
+    if "best_objective" in pool_names:
         pools["best_objective"] = [
             _best_by_objective(archives, k, final.objective, experts) for k in range(K)
         ]
-        temperatures = VALIDATION_TEMPERATURES
     candidates = []
     for pool, elites in pools.items():
         parents = [genome_of(e) for e, _ in elites]
@@ -137,9 +160,9 @@ def final_candidates(
                     "elites": {t: p.id for t, p in zip(tasks, parents, strict=True)},
                 }
             )
-    if final.method == "validation":
+    if soup_sizes:
         ranked = ranked_by_objective(archives, final.objective, experts)
-        for m in SOUP_SIZES:
+        for m in soup_sizes:
             if len(ranked) < m:
                 break
             parents = [genome_of(e) for e, _ in ranked[:m]]

@@ -12,8 +12,9 @@ from typer.testing import CliRunner
 
 from cycleqd import load_config
 from cycleqd.cli import app
-from cycleqd.compare import ABLATIONS, compare, evaluation_budget
+from cycleqd.compare import ABLATIONS, compare, evaluation_budget, methods_of
 from cycleqd.config import ConfigError
+from cycleqd.errors import CycleQDError
 from cycleqd.suite.tinylm import TinyLMRecipe
 
 
@@ -78,6 +79,17 @@ def test_every_method_is_reported_over_seeds_with_the_same_budget(digits_compare
     assert all(f"| {name} |" in table for name in methods)
     assert (root / "compare.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((root / "compare.json").read_text()) == summary
+
+
+def test_every_reported_method_is_a_registered_function(tmp_path, digits_cache):
+    from cycleqd.compare.methods import METHODS, _method
+
+    cfg = load_config(digits_yaml(tmp_path / "d.yaml", digits_cache))
+    for name in methods_of(cfg):
+        assert callable(_method(name))
+        assert name in METHODS or name == "base" or name.startswith("expert_")
+    with pytest.raises(CycleQDError, match="unknown comparison method 'tie'; known: base"):
+        _method("tie")
 
 
 def test_the_ablation_chain_changes_one_thing_at_a_time(digits_compare):

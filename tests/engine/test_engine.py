@@ -17,7 +17,13 @@ from conftest import digits_yaml, limit_to_children
 from cycleqd import Archives, Evolver, Genome, load_config, load_run
 from cycleqd.config import ConfigError
 from cycleqd.engine.archive import derive_ranges
-from cycleqd.engine.final import ranked_by_objective, softmax
+from cycleqd.engine.final import (
+    SOUP_SIZES,
+    final_evaluations,
+    most_candidates,
+    ranked_by_objective,
+    softmax,
+)
 from cycleqd.engine.store import RunStore
 from cycleqd.stats import objective_value
 
@@ -155,6 +161,10 @@ def test_validation_final_is_the_best_candidate_on_val_soups_included(
     # a soup is the uniform average of the elites with the best objectives (search split)
     searched = {t: evolver.expert_scores[j][j] for j, t in enumerate(cfg.task_names)}
     ranked = ranked_by_objective(evolver.archives, objective, searched)
+    # what compare budgets against is what the choice makes (fewer soups only: too few elites)
+    fitting = sum(len(ranked) >= m for m in SOUP_SIZES)
+    assert len(info["candidates"]) == most_candidates(cfg.final) - len(SOUP_SIZES) + fitting
+    assert final_evaluations(cfg.final, 3) == most_candidates(cfg.final) + 3
     soup = [c for c in info["candidates"] if c["pool"] == "soup_3"][0]
     assert soup["beta"] == pytest.approx([1 / 3] * 3)
     firsts = [a for _, a in ranked]
