@@ -1,14 +1,21 @@
-"""The process that runs inside the sandbox (read by :mod:`cycleqd.sandbox.box`, never imported).
+"""The program that runs inside the sandbox (bound in by :mod:`cycleqd.sandbox.container`).
 
-It is started once per pool slot by bubblewrap, as an unprivileged user, with no network, no host
-files but ``/usr`` (read-only) and a throw-away ``/tmp``, in its own PID namespace. It reads one
-JSON request per line from stdin and answers one JSON line on stdout. Each problem of a request
-runs in a forked child under rlimits (CPU time, address space, processes, file size, open files);
-the worker enforces the wall-clock limit and the output cap, and after every problem kills every
-process left in the namespace (so nothing a snippet backgrounds outlives it). Standard library only:
-it runs under the system's ``/usr/bin/python3``.
+Started once per pool slot by bubblewrap as an unprivileged user, with no network, no host files
+but ``/usr`` and a throw-away ``/tmp``, in its own PID namespace. It makes itself non-dumpable
+(nothing of its user may ptrace it, read its memory or take its descriptors), checks that problems
+can have namespaces of their own, says hello, then reads one JSON request per line from stdin.
+
+Each problem runs in a forked child that closes every descriptor but its output pipes, joins the
+problem's cgroup (memory and processes limited for the problem as a whole) and enters user, PID,
+mount and IPC namespaces of its own; the problem is the init of that PID namespace, with a fresh
+``/proc`` showing only its processes and no capabilities: the worker and its pipes are out of its
+sight and reach, and killing its init kills all it started, however fast it forks. rlimits apply
+per process; the worker enforces the wall-clock limit and the output cap. A verdict goes out only
+after every process of its problem is gone: ``{"done": i}``, then the host sends a fresh secret
+and the worker answers ``{"i", "secret", "result"}``. Standard library only (``/usr/bin/python3``).
 """
 
+import ctypes
 import hashlib
 import json
 import os
@@ -22,27 +29,119 @@ import time
 
 JOB = "/tmp/job"
 FIXTURE = "/tmp/fixture"
+CGROUPS = "/cg"  # the problem's cgroup directories, bound here by the host (one per controller)
+
+LIBC = ctypes.CDLL(None, use_errno=True)
+CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWUSER, CLONE_NEWPID = 0x20000, 0x8000000, 0x10000000, 0x20000000
+MS_REC, MS_PRIVATE, MS_NOSUID, MS_NODEV, MS_NOEXEC = 0x4000, 0x40000, 0x2, 0x4, 0x8
+PR_SET_DUMPABLE, PR_SET_NO_NEW_PRIVS = 4, 38
+
+
+def check(result, what):
+    """Raise OSError with errno's message when a libc call failed."""
+    if result != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def enter_namespaces():
+    """Give the calling process's future children their own user, PID, mount and IPC namespace.
+
+    The caller keeps its user id (mapped to itself) and is alone in the new user namespace.
+    """
+    uid, gid = os.getuid(), os.getgid()
+    # the maps are written through /proc/self, which a non-dumpable process (the worker's fork)
+    # does not own: dumpable while it writes them, with no descriptor of the worker's open
+    check(LIBC.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0), "prctl(PR_SET_DUMPABLE)")
+    check(LIBC.unshare(CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWIPC), "unshare")
+    maps = (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"), ("gid_map", f"{gid} {gid} 1"))
+    for name, text in maps:
+        with open(f"/proc/self/{name}", "w") as fh:
+            fh.write(text)
+    check(LIBC.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0), "prctl(PR_SET_DUMPABLE)")
+
+
+class CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class CapData(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_uint32) for n in ("effective", "permitted", "inheritable")]
+
+
+def seal():
+    """As the init of the new namespaces: a /proc of its own, then no capabilities at all."""
+    check(LIBC.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None), "mount --make-rprivate /")
+    flags = MS_NOSUID | MS_NODEV | MS_NOEXEC
+    check(LIBC.mount(b"proc", b"/proc", b"proc", flags, None), "mount /proc")
+    check(LIBC.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
+    data = (CapData * 2)()
+    check(LIBC.capset(ctypes.byref(CapHeader(0x20080522, 0)), data), "capset")
+
+
+def probe():
+    """Whether problems can get namespaces of their own here: ``None``, or why not."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        try:
+            enter_namespaces()
+            inner = os.fork()
+            if inner == 0:
+                try:
+                    seal()
+                    os._exit(0 if os.getpid() == 1 else 3)
+                except BaseException as exc:  # noqa: BLE001
+                    os.write(w, str(exc).encode()[:300])
+                    os._exit(1)
+            _, status = os.waitpid(inner, 0)
+            os._exit(os.waitstatus_to_exitcode(status))
+        except BaseException as exc:  # noqa: BLE001
+            os.write(w, str(exc).encode()[:300])
+            os._exit(1)
+    os.close(w)
+    _, status = os.waitpid(pid, 0)
+    message = os.read(r, 1000).decode(errors="replace")
+    os.close(r)
+    return None if os.waitstatus_to_exitcode(status) == 0 else (message or "exit status")
+
+
+def others():
+    """The processes of the worker's namespace but its init (1) and the worker."""
+    me = os.getpid()
+    return [int(n) for n in os.listdir("/proc") if n.isdigit() and int(n) not in (1, me)]
 
 
 def sweep():
-    """Kill every process of the namespace but the init (1) and this worker."""
-    me = os.getpid()
-    for name in os.listdir("/proc"):
-        if name.isdigit() and int(name) not in (1, me):
+    """Kill every other process of the worker's namespace and wait until they are gone.
+
+    A problem's init is among them, and the kernel kills every process of its namespace with
+    it; nothing a problem started survives, and nothing of it runs once this returns.
+    """
+    deadline = time.monotonic() + 5.0
+    while True:
+        left = others()
+        for pid in left:
             try:
-                os.kill(int(name), signal.SIGKILL)
+                os.kill(pid, signal.SIGKILL)
             except OSError:
                 pass
-    while True:
-        try:
-            if os.waitpid(-1, os.WNOHANG) == (0, 0):
+        while True:
+            try:
+                if os.waitpid(-1, os.WNOHANG) == (0, 0):
+                    break
+            except ChildProcessError:
                 break
-        except ChildProcessError:
-            break
+        if not left:
+            return
+        if time.monotonic() > deadline:
+            raise OSError(f"processes {left[:5]} outlived their problem")
+        time.sleep(0.0005)
 
 
 def limit(limits):
-    mem = limits["memory_mb"] << 20
+    mem = limits["process_memory_mb"] << 20
     resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
     resource.setrlimit(resource.RLIMIT_CPU, (limits["cpu_s"], limits["cpu_s"] + 1))
     resource.setrlimit(resource.RLIMIT_NPROC, (limits["nproc"], limits["nproc"]))
@@ -199,6 +298,31 @@ def wipe(request, pristine):
         raise OSError(f"could not clean the sandbox: {sorted(left)}")
 
 
+def problem_init(kind, problem, limits, deadline):
+    """The problem, as the init of its own namespaces (never returns)."""
+    try:
+        seal()
+        os.chdir(JOB)
+        os.environ.update(HOME=JOB, TMPDIR=JOB, PATH="/usr/bin:/bin")
+        limit(limits)
+        if kind == "shell":
+            os.execv("/bin/sh", ["/bin/sh", "-c", problem["code"]])
+        sys.stdout = os.fdopen(1, "w")
+        sys.stderr = os.fdopen(2, "w")
+        if kind == "python":
+            python_problem(problem)
+        else:
+            sql_problem(problem, deadline)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+    except BaseException as exc:  # noqa: BLE001
+        try:
+            os.write(2, f"{type(exc).__name__}: {exc}"[:500].encode())
+        finally:
+            os._exit(1)
+
+
 def run_child(kind, problem, limits):
     """Fork a child for one problem; return (stdout bytes, stderr bytes, status, why)."""
     if kind == "shell" and os.path.isdir(FIXTURE):
@@ -214,26 +338,29 @@ def run_child(kind, problem, limits):
     if pid == 0:
         try:
             os.setsid()
-            os.chdir(JOB)
-            # stdin is the worker's request pipe: a command must never read (eat) the requests
+            # stdin is the worker's request pipe: a command must never read (eat) the requests;
+            # every other descriptor of the worker's (its pipes to the host) is closed
             null = os.open(os.devnull, os.O_RDONLY)
             os.dup2(null, 0)
-            os.close(null)
             os.dup2(out_w, 1)
             os.dup2(err_w, 2)
-            for fd in (out_r, out_w, err_r, err_w):
+            os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+            if limits.get("cgroup"):
+                for controller in sorted(os.listdir(CGROUPS)):
+                    with open(f"{CGROUPS}/{controller}/cgroup.procs", "w") as fh:
+                        fh.write(str(os.getpid()))
+            enter_namespaces()
+            inner = os.fork()
+            if inner == 0:
+                problem_init(kind, problem, limits, deadline)
+            for fd in (0, 1, 2):
                 os.close(fd)
-            os.environ.update(HOME=JOB, TMPDIR=JOB, PATH="/usr/bin:/bin")
-            limit(limits)
-            if kind == "shell":
-                os.execv("/bin/sh", ["/bin/sh", "-c", problem["code"]])
-            sys.stdout = os.fdopen(1, "w")
-            sys.stderr = os.fdopen(2, "w")
-            (python_problem if kind == "python" else sql_problem)(
-                problem, *(() if kind == "python" else (deadline,))
-            )
-            sys.stdout.flush()
-            os._exit(0)
+            _, raw = os.waitpid(inner, 0)
+            status = os.waitstatus_to_exitcode(raw)
+            if status < 0:  # the problem was killed: so is this process, by the same signal
+                signal.signal(-status, signal.SIG_DFL)
+                os.kill(os.getpid(), -status)
+            os._exit(status)
         except BaseException as exc:  # noqa: BLE001
             try:
                 os.write(2, f"{type(exc).__name__}: {exc}"[:500].encode())
@@ -280,13 +407,23 @@ def run_child(kind, problem, limits):
     return bytes(buffers[out_r][:cap]), bytes(buffers[err_r][:cap]), status, why
 
 
+def send(message):
+    sys.stdout.write(json.dumps(message) + "\n")
+    sys.stdout.flush()
+
+
 def main():
-    for line in sys.stdin:
+    # no process of this user may attach to the worker, read its memory or take its descriptors
+    check(LIBC.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0), "prctl(PR_SET_DUMPABLE)")
+    send({"hello": True, "namespaces": probe()})
+    while True:
+        line = sys.stdin.readline()
+        if not line:
+            return
         request = json.loads(line)
         kind, limits = request["kind"], request["limits"]
         pristine = build_fixture(request)
-        results = []
-        for problem in request["problems"]:
+        for i, problem in enumerate(request["problems"]):
             try:
                 # every problem starts clean: the job folder, anything else an earlier problem
                 # wrote, and the fixture as the request gave it
@@ -295,16 +432,16 @@ def main():
             except OSError as exc:  # the problem fails; the worker and the batch go on
                 sweep()
                 stdout, stderr, status, why = b"", str(exc).encode(), None, "sandbox error"
-            results.append(
-                {
-                    "stdout": stdout.decode("utf-8", "replace"),
-                    "stderr": stderr.decode("utf-8", "replace")[:2000],
-                    "returncode": status,
-                    "error": why,
-                }
-            )
-        sys.stdout.write(json.dumps({"id": request["id"], "results": results}) + "\n")
-        sys.stdout.flush()
+            # every process of the problem is gone (sweep): only now does its secret exist
+            send({"done": i})
+            secret = json.loads(sys.stdin.readline())["secret"]
+            result = {
+                "stdout": stdout.decode("utf-8", "replace"),
+                "stderr": stderr.decode("utf-8", "replace")[:2000],
+                "returncode": status,
+                "error": why,
+            }
+            send({"i": i, "secret": secret, "result": result})
 
 
 if __name__ == "__main__":

@@ -8,14 +8,29 @@ as an unprivileged user (``nobody`` when cycleqd runs as root) with
   names ``awk`` and friends) — not the home directory, not the project, not the rest of ``/etc``
   — a read-only root, and a throw-away ``/tmp`` (tmpfs) as the only writable place, wiped (with
   ``/dev/shm``) before every problem, so nothing one problem writes reaches the next;
-* per problem: a fresh working directory (a fresh copy of the fixture for shell commands), and
-  rlimits on CPU time, address space, processes and file size, a wall-clock limit and an output
-  cap enforced by the worker; afterwards every process left in the container is killed;
+* per problem: a fresh working directory (a fresh copy of the fixture for shell commands); user,
+  PID, mount and IPC namespaces of its own, of which it is the init, with a ``/proc`` that shows
+  only its processes and no capabilities, so that it can neither see nor signal nor ptrace the
+  (non-dumpable) worker nor reach its pipes, and killing its init kills all it started; a cgroup
+  of its own that limits its memory (swap included) and its processes as a whole; rlimits on CPU
+  time, address space, processes and file size; a wall-clock limit and an output cap enforced by
+  the worker; afterwards every process left in the container is killed;
 * SQLite opened read-only and immutable, ``ATTACH`` disabled, every statement but reads denied by
   an authoriser, and a time limit on the query.
 
 Workers are persistent: a request carries a whole batch of problems, each run in a forked child,
-so scoring a candidate costs a fork per problem, not a container per snippet.
+so scoring a candidate costs a fork per problem, not a container per snippet. Verdicts come back
+one per problem, each only after the problem's processes are gone and carrying a secret the host
+sends then: a worker that stalls, dies, or answers out of turn costs the problem in flight (scored
+as failed, with the reason), is logged and replaced, and the rest of the batch goes on on a fresh
+worker. A batch of ``n`` problems therefore ends within ``10 + n * (wall_s + 10)`` seconds, plus a
+worker's start (at most 30 s) for each worker replaced.
+
+Where the host cannot make cgroups (cgroup-v1 ``memory`` and ``pids`` under ``/sys/fs/cgroup``,
+writable: run as root) or refuses nested user namespaces, the sandbox refuses to start and says
+why, unless the user opts in to weaker limits (``Sandbox(weaker=True)`` or
+``CYCLEQD_SANDBOX_WEAKER=1``): then a problem's processes are capped so that their number times
+each one's address space fits the memory budget.
 
 Missing ``bwrap`` is an error with the install hint (``apt-get install bubblewrap``); the project's
 set-up (``make setup``) installs it.
@@ -23,27 +38,34 @@ set-up (``make setup``) installs it.
 
 from __future__ import annotations
 
+import atexit
+import hmac
 import itertools
 import json
+import logging
 import os
 import queue
-import select
-import shutil
-import subprocess
+import secrets
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 from cycleqd.errors import CycleQDError
+from cycleqd.sandbox import cgroups
+from cycleqd.sandbox.container import Container, ContainerError, container_command, user_processes
 
 __all__ = ["Limits", "Sandbox", "SandboxUnavailable", "SandboxResult", "shared_sandbox"]
 
-_WORKER = Path(__file__).with_name("_worker.py")
-_PYTHON = "/usr/bin/python3"
-_NOBODY = 65534
+log = logging.getLogger("cycleqd.sandbox")
+
+#: Seconds a problem may take beyond its wall-clock limit (cleaning, forking, the verdict).
+SLACK_S = 10.0
+#: Extra seconds for a request's first problem (building the fixture).
+FIRST_S = 10.0
+#: Per-process address space under ``weaker`` limits is at least this many MiB.
+_WEAK_PROCESS_MB = 64
 
 
 class SandboxUnavailable(CycleQDError):
@@ -57,7 +79,7 @@ class Limits:
     Attributes:
         wall_s: wall-clock seconds before the problem's processes are killed.
         cpu_s: CPU seconds (RLIMIT_CPU).
-        memory_mb: address space (RLIMIT_AS).
+        memory_mb: memory of the problem as a whole, all its processes together (a cgroup).
         nproc: processes of the sandbox user, on top of those it already has (RLIMIT_NPROC).
         file_mb: largest file a problem may write (RLIMIT_FSIZE).
         max_output: bytes of stdout (and of stderr) kept; more kills the problem.
@@ -79,7 +101,9 @@ class SandboxResult:
         stdout: its standard output (at most ``max_output`` bytes, decoded).
         stderr: its standard error (truncated).
         returncode: exit status, ``None`` if it was killed.
-        error: ``"timeout"`` or ``"output limit"`` when the sandbox stopped it.
+        error: ``"timeout"`` or ``"output limit"`` when the sandbox stopped it; ``"sandbox
+            error"``, ``"worker stalled"``, ``"worker died"`` or ``"worker forged"`` when the
+            sandbox failed it.
     """
 
     stdout: str
@@ -102,127 +126,21 @@ class SandboxResult:
             return None
 
 
-def _user_processes(uid: int) -> int:
-    count = 0
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and entry.stat().st_uid == uid:
-                count += 1
-        except OSError:
-            pass
-    return count
+_RESULT_TYPES = {
+    "stdout": str,
+    "stderr": str,
+    "returncode": (int, type(None)),
+    "error": (str, type(None)),
+}
 
 
-def _command() -> tuple[list[str], int]:
-    bwrap = shutil.which("bwrap")
-    if bwrap is None:
-        raise SandboxUnavailable(
-            "bubblewrap (bwrap) is not installed, and model-written code never runs outside a "
-            "sandbox: install it with `apt-get install bubblewrap` (`make setup` does)"
-        )
-    if not Path(_PYTHON).is_file():
-        raise SandboxUnavailable(
-            f"the sandbox runs {_PYTHON}, which is missing: install it with "
-            "`apt-get install python3`"
-        )
-    prefix, uid = [], os.getuid()
-    if uid == 0:  # root is exempt from RLIMIT_NPROC: drop to nobody before entering
-        setpriv = shutil.which("setpriv")
-        if setpriv is None:
-            raise SandboxUnavailable(
-                "running as root needs setpriv (util-linux) to drop to an "
-                "unprivileged user: `apt-get install util-linux`"
-            )
-        prefix, uid = (
-            [setpriv, f"--reuid={_NOBODY}", f"--regid={_NOBODY}", "--clear-groups"],
-            _NOBODY,
-        )
-    command = [
-        *prefix,
-        bwrap,
-        "--ro-bind",
-        "/usr",
-        "/usr",
-        "--symlink",
-        "usr/lib",
-        "/lib",
-        "--symlink",
-        "usr/lib64",
-        "/lib64",
-        "--symlink",
-        "usr/bin",
-        "/bin",
-        # Debian reaches awk, editor and friends through these symlinks into /usr
-        "--ro-bind-try",
-        "/etc/alternatives",
-        "/etc/alternatives",
-        "--tmpfs",
-        "/tmp",
-        "--proc",
-        "/proc",
-        "--dev",
-        "/dev",
-        # /dev is a tmpfs of the sandbox user's: only its shared-memory folder stays writable
-        "--tmpfs",
-        "/dev/shm",
-        "--remount-ro",
-        "/dev",
-        # nothing outside /tmp (and /dev's own tmpfs) is writable: a problem's files cannot
-        # outlive it in the persistent worker (the worker wipes /tmp and /dev/shm in between)
-        "--remount-ro",
-        "/",
-        "--unshare-all",
-        "--die-with-parent",
-        "--new-session",
-        "--chdir",
-        "/tmp",
-        "--clearenv",
-        "--setenv",
-        "PATH",
-        "/usr/bin:/bin",
-        "--setenv",
-        "LANG",
-        "C.UTF-8",
-        _PYTHON,
-        "-I",
-        "-S",
-        "-c",
-        _WORKER.read_text(),
-    ]
-    return command, uid
-
-
-class _Worker:
-    def __init__(self, command: list[str]) -> None:
-        self.process = subprocess.Popen(
-            command,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            bufsize=1,
-            cwd="/",
-            env={"PATH": "/usr/bin:/bin"},
-        )
-
-    def ask(self, request: dict[str, Any], timeout: float) -> dict[str, Any]:
-        assert self.process.stdin is not None and self.process.stdout is not None
-        self.process.stdin.write(json.dumps(request) + "\n")
-        self.process.stdin.flush()
-        # the worker enforces every problem's limits; this is the backstop if it hangs itself
-        ready, _, _ = select.select([self.process.stdout], [], [], timeout)
-        if not ready:
-            raise CycleQDError(f"a sandbox worker did not answer within {timeout:.0f} s")
-        line = self.process.stdout.readline()
-        if not line:
-            error = self.process.stderr.read()[-2000:] if self.process.stderr else ""
-            raise CycleQDError(f"a sandbox worker died: {error.strip() or 'no message'}")
-        return json.loads(line)
-
-    def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait()
+def _result(data: Any) -> SandboxResult:
+    """A verdict from the worker's reply, every field checked."""
+    if not isinstance(data, dict) or set(data) != set(_RESULT_TYPES):
+        raise ContainerError("forged", f"a sandbox worker sent the verdict {str(data)[:200]}")
+    if not all(isinstance(data[k], t) for k, t in _RESULT_TYPES.items()):
+        raise ContainerError("forged", f"a sandbox worker sent the verdict {str(data)[:200]}")
+    return SandboxResult(**data)
 
 
 class Sandbox:
@@ -231,32 +149,78 @@ class Sandbox:
     Args:
         workers: pool size (requests run concurrently across workers).
         limits: default per-problem limits.
+        weaker: run where cgroups cannot be made, with per-process limits whose product fits the
+            memory budget (default: the ``CYCLEQD_SANDBOX_WEAKER`` environment variable, ``1``).
+
+    Attributes:
+        mechanism: how a problem's memory and processes are limited here, in words.
+        incidents: ``(kind, message)`` of every worker that stalled, died or broke the protocol.
 
     Raises:
-        SandboxUnavailable: bubblewrap (or the system Python) is missing; the message says how to
-            install it.
+        SandboxUnavailable: bubblewrap (or the system Python) is missing, or the machine offers
+            no cgroups or no nested user namespaces; the message says how to fix it.
     """
 
-    def __init__(self, *, workers: int = 2, limits: Limits | None = None) -> None:
+    def __init__(
+        self, *, workers: int = 2, limits: Limits | None = None, weaker: bool | None = None
+    ) -> None:
         self.limits = limits or Limits()
-        self._command, self._uid = _command()
-        self._idle: queue.Queue[_Worker] = queue.Queue()
-        self._all: list[_Worker] = []
+        self._command, self._uid = container_command(SandboxUnavailable)
+        if weaker is None:
+            weaker = os.environ.get("CYCLEQD_SANDBOX_WEAKER") == "1"
+        why = cgroups.available()
+        if why is not None and not weaker:
+            raise SandboxUnavailable(
+                "the sandbox limits each problem's memory and processes as a whole with a cgroup, "
+                f"and cannot make one here: {why}. Run cycleqd as root (or with write access to "
+                "the cgroup-v1 memory and pids hierarchies), or opt in to weaker per-process "
+                "limits with Sandbox(weaker=True) or CYCLEQD_SANDBOX_WEAKER=1"
+            )
+        self.cgroups = why is None
+        if self.cgroups:
+            cgroups.remove_stale()
+            self.mechanism = "a cgroup per problem: memory (swap included) and pids limits"
+        else:
+            self.mechanism = f"rlimits only ({why}): processes x address space <= the budget"
+        self.incidents: list[tuple[str, str]] = []
+        self._idle: queue.Queue[Container] = queue.Queue()
+        self._all: list[Container] = []
         self._lock = threading.Lock()
+        self._closed = False
         self._ids = itertools.count()
-        for _ in range(workers):
-            self._add()
+        try:
+            for _ in range(workers):
+                self._add()
+        except BaseException:
+            self.close()
+            raise
 
     def _add(self) -> None:
-        worker = _Worker(self._command)
+        group = cgroups.WorkerCgroup(self._uid) if self.cgroups else None
+        try:
+            worker = Container(self._command, group, SandboxUnavailable)
+        except BaseException:
+            if group is not None:
+                group.remove()
+            raise
         with self._lock:
+            if self._closed:
+                worker.close()
+                return
             self._all.append(worker)
         self._idle.put(worker)
 
     def _limits(self, limits: Limits | None) -> dict[str, Any]:
         chosen = asdict(limits or self.limits)
+        processes = chosen["nproc"]
+        chosen["process_memory_mb"] = chosen["memory_mb"]
+        chosen["cgroup"] = self.cgroups
+        if not self.cgroups:  # no cgroup: processes x address space must fit the budget
+            processes = max(1, min(processes, chosen["memory_mb"] // _WEAK_PROCESS_MB))
+            chosen["process_memory_mb"] = chosen["memory_mb"] // processes
+        chosen["problem_processes"] = processes
         # RLIMIT_NPROC counts every process of the user: leave room for those it already has
-        chosen["nproc"] += _user_processes(self._uid)
+        chosen["nproc"] = processes + user_processes(self._uid)
         return chosen
 
     def run(
@@ -312,41 +276,79 @@ class Sandbox:
         sqlite: str | None,
         limits: Limits | None,
     ) -> list[SandboxResult]:
-        request = {
-            "id": next(self._ids),
-            "kind": kind,
-            "problems": problems,
-            "files": files or {},
-            "sqlite": sqlite,
-            "limits": self._limits(limits),
-        }
-        worker = self._idle.get()
-        timeout = 10.0 + len(problems) * (request["limits"]["wall_s"] + 1.0)
-        try:
-            answer = worker.ask(request, timeout)
-        except (CycleQDError, OSError, ValueError):
-            self._replace(worker)  # the dead worker; this batch is reported as failed
-            return [SandboxResult("", "sandbox worker died", None, "worker died") for _ in problems]
-        except BaseException:
-            # interrupted mid-request (a candidate's time limit): its pipe may still carry the
-            # answer, which the next request would read as its own
-            self._replace(worker)
-            raise
-        self._idle.put(worker)
-        return [SandboxResult(**r) for r in answer["results"]]
+        results: list[SandboxResult] = []
+        while len(results) < len(problems):
+            worker = self._take()
+            try:
+                self._stream(worker, kind, problems[len(results) :], files, sqlite, limits, results)
+            except ContainerError as exc:  # costs the problem in flight, not its neighbours
+                self.incidents.append((exc.kind, str(exc)))
+                log.warning("sandbox worker replaced (%s): %s", exc.kind, exc)
+                self._replace(worker)
+                results.append(SandboxResult("", str(exc), None, f"worker {exc.kind}"))
+                continue
+            except BaseException:
+                # interrupted mid-request (a candidate's time limit): its pipe may still carry
+                # a reply, which the next request would read as its own
+                self._replace(worker)
+                raise
+            self._idle.put(worker)
+        return results
 
-    def _replace(self, worker: _Worker) -> None:
+    def _stream(
+        self,
+        worker: Container,
+        kind: str,
+        problems: list[dict[str, Any]],
+        files: dict[str, str] | None,
+        sqlite: str | None,
+        limits: Limits | None,
+        results: list[SandboxResult],
+    ) -> None:
+        """Run ``problems`` on ``worker``, appending each verdict to ``results`` as it comes."""
+        chosen = self._limits(limits)
+        if worker.cgroup is not None:
+            # the problem's first process (it forks the problem) counts too
+            worker.cgroup.set_limits(chosen["memory_mb"], chosen["problem_processes"] + 1)
+        request = {"id": next(self._ids), "kind": kind, "problems": problems}
+        worker.send(request | {"files": files or {}, "sqlite": sqlite, "limits": chosen})
+        for i in range(len(problems)):
+            done = worker.read(chosen["wall_s"] + SLACK_S + (FIRST_S if i == 0 else 0.0))
+            if done != {"done": i}:
+                got = repr(done)[:200]
+                raise ContainerError("forged", f"expected the end of problem {i}, got {got}")
+            secret = secrets.token_hex(16)
+            worker.send({"secret": secret})
+            reply = worker.read(SLACK_S)
+            if reply.get("i") != i or not hmac.compare_digest(str(reply.get("secret")), secret):
+                raise ContainerError("forged", f"a verdict without its secret: {repr(reply)[:200]}")
+            results.append(_result(reply.get("result")))
+
+    def _take(self) -> Container:
+        while True:
+            if self._closed:
+                raise CycleQDError("the sandbox is closed")
+            try:
+                return self._idle.get(timeout=0.5)
+            except queue.Empty:
+                continue
+
+    def _replace(self, worker: Container) -> None:
         worker.close()
         with self._lock:
-            self._all.remove(worker)
+            if worker in self._all:
+                self._all.remove(worker)
+            if self._closed:
+                return
         self._add()
 
     def close(self) -> None:
-        """Stop every worker."""
+        """Stop every worker and everything it started."""
         with self._lock:
-            for worker in self._all:
-                worker.close()
-            self._all.clear()
+            self._closed = True
+            workers, self._all = self._all, []
+        for worker in workers:
+            worker.close()
 
     def __enter__(self) -> Sandbox:
         return self
@@ -359,7 +361,7 @@ _SANDBOX: Sandbox | None = None
 
 
 def shared_sandbox() -> Sandbox:
-    """The process's sandbox pool, started on first use (scorers share it).
+    """The process's sandbox pool, started on first use (scorers share it; closed at exit).
 
     It has as many workers as torch has threads here (at most 4): the CPUs this process may use.
     A Ray worker that reserved one CPU therefore runs one sandboxed process at a time, and does
@@ -370,4 +372,5 @@ def shared_sandbox() -> Sandbox:
         import torch
 
         _SANDBOX = Sandbox(workers=max(1, min(4, torch.get_num_threads())))
+        atexit.register(_SANDBOX.close)
     return _SANDBOX

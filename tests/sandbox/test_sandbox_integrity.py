@@ -1,0 +1,222 @@
+"""The sandbox's verdicts cannot be forged, and no answer reaches its worker, its neighbours or
+the host's memory: the holes an attacker found, each tried again here."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from cycleqd.sandbox import cgroups
+from cycleqd.sandbox.box import SLACK_S, Limits, Sandbox, SandboxUnavailable
+
+# A one-line answer in the code skill's format that tries to take over its worker: find every
+# process it can see (its parent first), stop it, take its descriptors 0 and 1 (the worker's
+# request and reply pipes) with pidfd_getfd, and answer the worker's later requests itself.
+TAKEOVER = r"""
+import ctypes, json, os, signal, sys
+libc = ctypes.CDLL(None, use_errno=True)
+pids = {os.getppid(), *(int(p) for p in os.listdir("/proc") if p.isdigit())}
+seen = sorted(pids - {0, os.getpid()})
+report = {"ppid": os.getppid(), "seen": seen, "stopped": [], "stolen": [], "signalled": []}
+for pid in seen:
+    try:
+        os.kill(pid, signal.SIGSTOP)
+        report["stopped"].append(pid)
+    except OSError:
+        pass
+    pidfd = libc.syscall(434, pid, 0)
+    for fd in (0, 1):
+        got = libc.syscall(438, pidfd, fd, 0) if pidfd >= 0 else -1
+        if got >= 0:
+            report["stolen"].append([pid, fd])
+            if fd == 1:
+                os.write(got, b'{"done": 0}\n{"i": 0, "secret": "x", "result": {}}\n')
+for name in os.listdir("/proc"):
+    if name.isdigit() and int(name) != os.getpid():
+        try:
+            fd = os.open(f"/proc/{name}", os.O_DIRECTORY)
+            if libc.syscall(424, fd, signal.SIGSTOP, None, 0) == 0:
+                report["signalled"].append(int(name))
+        except OSError:
+            pass
+sys.stderr.write(json.dumps(report))
+"""
+
+
+def _code(source: str) -> str:
+    return f"exec({source!r})"
+
+
+def _processes_with(needle: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if needle.encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                pass
+    return found
+
+
+def _descendants(root: int) -> list[int]:
+    """``root`` and every process below it (from /proc's parent links)."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo += [child for child, parent in parents.items() if parent == pid]
+    return found
+
+
+def test_a_takeover_attempt_sees_nothing_and_every_later_verdict_is_right():
+    with Sandbox(workers=1, limits=Limits(wall_s=3)) as box:
+        attack, *rest = box.run(
+            "python",
+            [
+                {"code": _code(TAKEOVER), "cases": [{}]},
+                {"code": "x * 2", "cases": [{"x": 21}]},
+                {"code": "1 / 0", "cases": [{}]},
+            ],
+        )
+        report = json.loads(attack.stderr)
+        # its own PID namespace: no parent in sight, no process but its own
+        assert report["ppid"] == 0 and report["seen"] == []
+        assert report["stopped"] == report["stolen"] == report["signalled"] == []
+        assert [r.json() for r in rest] == [
+            [{"ok": True, "value": "42"}],
+            [{"ok": False, "error": "ZeroDivisionError: division by zero"}],
+        ]
+        later = box.run("python", [{"code": f"{i} + 1", "cases": [{}]} for i in range(20)])
+        assert [r.json()[0]["value"] for r in later] == [str(i + 1) for i in range(20)]
+        wrong = box.run("python", [{"code": "undefined_name", "cases": [{}]}])[0]
+        assert wrong.json()[0]["ok"] is False  # a wrong answer is still judged wrong
+        assert box.incidents == []
+
+
+def test_a_forged_or_stale_reply_is_detected_logged_and_its_worker_replaced(caplog):
+    with Sandbox(workers=1) as box:
+        worker = box._all[0]
+        # what a process that reached the reply pipe would write: a verdict before its secret
+        worker._buffer = b'{"i": 0, "secret": "guess", "result": {}}\n'
+        with caplog.at_level("WARNING", logger="cycleqd.sandbox"):
+            first, second = box.run(
+                "python", [{"code": "1", "cases": [{}]}, {"code": "2", "cases": [{}]}]
+            )
+        assert first.error == "worker forged" and not first.ok
+        assert second.json() == [{"ok": True, "value": "2"}]  # its neighbour is unharmed
+        assert [kind for kind, _ in box.incidents] == ["forged"]
+        assert "replaced (forged)" in caplog.text
+        assert box._all[0] is not worker and worker.process.poll() is not None
+
+
+def test_a_fork_hopping_program_leaves_no_process_and_no_file_behind():
+    marker = "hop-marker-7d1f"
+    hop = f"h() {{ echo x >> /tmp/{marker}; h & exit; }}; h & sleep 0.2; echo started"
+    with Sandbox(workers=1, limits=Limits(wall_s=2)) as box:
+        first = box.run("shell", [{"code": hop}])[0]
+        assert first.stdout == "started\n"
+        assert _processes_with(marker) == []  # gone on the host too
+        later = box.run(
+            "shell", [{"code": "sleep 0.5; ls -a /tmp /dev/shm; ls /proc | grep -c '^[0-9]'"}]
+        )
+        assert marker not in later[0].stdout
+        assert later[0].stdout.split()[-1] == "3"  # sh, its sleep or ls, and grep: nothing else
+
+
+HOLD = r"""
+import os, sys, time
+children, granted = [], 0
+for i in range(8):
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        block = bytearray(b"x") * (48 << 20)  # touched: resident, not only reserved
+        os.write(w, b"1")
+        time.sleep(30)
+        os._exit(0)
+    os.close(w)
+    children.append((pid, r))
+for pid, r in children:
+    granted += len(os.read(r, 1))
+time.sleep(0.5)
+holding = sum(os.waitpid(pid, os.WNOHANG) == (0, 0) for pid, _ in children)
+sys.stderr.write(f"{granted} {holding}")
+"""
+
+
+def test_processes_of_one_problem_cannot_together_hold_more_than_its_memory_limit():
+    with Sandbox(workers=1, limits=Limits(wall_s=10, memory_mb=160)) as box:
+        result = box.run("python", [{"code": _code(HOLD), "cases": [{}]}])[0]
+        granted, holding = map(int, result.stderr.split())
+        assert granted >= 1 and holding >= 1  # one process alone may use the problem's budget
+        assert holding * 48 <= 160  # eight asked for 48 MiB each; at most three hold it at once
+
+
+def test_a_stopped_worker_fails_only_its_own_answer_within_the_stated_bound():
+    wall = 1.0
+    problems = [{"code": f"echo {i}"} for i in range(20)]
+    problems[3] = {"code": "kill -STOP $PPID; kill -STOP 1; kill -STOP 0; echo after"}
+    with Sandbox(workers=1, limits=Limits(wall_s=wall)) as box:
+        start = time.monotonic()
+        results = box.run("shell", problems)
+        took = time.monotonic() - start
+        assert [r.stdout for i, r in enumerate(results) if i != 3] == [
+            f"{i}\n" for i in range(20) if i != 3
+        ]
+        assert results[3].error in (None, "timeout")  # it stops itself at most
+        # the worker itself stopped (as a worker that hangs would be): the problem in flight
+        # fails, the rest go on on a fresh worker
+        for pid in _descendants(box._all[0].process.pid):
+            os.kill(pid, signal.SIGSTOP)
+        start = time.monotonic()
+        results = box.run("shell", [{"code": f"echo {i}"} for i in range(5)])
+        took = time.monotonic() - start
+        assert results[0].error == "worker stalled"
+        assert [r.stdout for r in results[1:]] == [f"{i}\n" for i in range(1, 5)]
+        assert [kind for kind, _ in box.incidents] == ["stalled"]
+        bound = 10 + 5 * (wall + SLACK_S) + 30  # the stated bound, one worker replaced
+        assert took <= bound
+
+
+def _my_cgroups() -> set[Path]:
+    return {
+        p for c in cgroups.CONTROLLERS for p in cgroups.ROOT.glob(f"{c}/cycleqd/{os.getpid()}-*")
+    }
+
+
+def test_opening_and_closing_at_once_leaves_no_process_and_no_cgroup():
+    before, groups = set(_processes_with("/worker.py")), _my_cgroups()
+    for _ in range(30):
+        Sandbox(workers=2).close()
+    assert set(_processes_with("/worker.py")) <= before
+    assert _my_cgroups() <= groups
+
+
+def test_without_cgroups_the_sandbox_refuses_unless_told_and_then_fits_the_budget(
+    monkeypatch, tmp_path
+):
+    monkeypatch.setattr(cgroups, "ROOT", tmp_path)  # a machine without cgroup hierarchies
+    with pytest.raises(SandboxUnavailable, match="CYCLEQD_SANDBOX_WEAKER=1"):
+        Sandbox(workers=1)
+    monkeypatch.setenv("CYCLEQD_SANDBOX_WEAKER", "1")
+    with Sandbox(workers=1, limits=Limits(memory_mb=256, nproc=64)) as box:
+        assert "rlimits only" in box.mechanism and "no cgroup-v1 'memory'" in box.mechanism
+        chosen = box._limits(None)
+        assert chosen["problem_processes"] * chosen["process_memory_mb"] <= 256
+        ok = box.run("python", [{"code": "sum(range(10))", "cases": [{}]}])[0]
+        assert ok.json() == [{"ok": True, "value": "45"}]
