@@ -47,6 +47,37 @@ def _safetensors_files(directory: Path) -> list[Path]:
     return sorted(directory.glob("*.safetensors"))
 
 
+#: The largest safetensors header cycleqd reads (the format's readers refuse larger ones too).
+_MAX_HEADER = 100 << 20
+
+
+def _read_safetensors(file: Path, what: str) -> dict[str, torch.Tensor]:
+    """Every tensor of one ``.safetensors`` file, or an error naming the file and its damage."""
+    fix = "re-export or re-download it"
+    if not file.is_file():
+        raise ModelLoadError(
+            f"{what}: {file} is not a regular file (a device, a link to one?); {fix}"
+        )
+    size = file.stat().st_size
+    with open(file, "rb") as fh:
+        head = fh.read(8)
+    if len(head) < 8:
+        state = "empty" if size == 0 else f"truncated ({size} bytes)"
+        raise ModelLoadError(f"{what}: {file} is {state}, not a safetensors file; {fix}")
+    header = int.from_bytes(head, "little")
+    if header > min(_MAX_HEADER, size - 8):
+        raise ModelLoadError(
+            f"{what}: {file} has a bad header: it claims {header} header bytes in a file of "
+            f"{size} bytes (truncated or not a safetensors file); {fix}"
+        )
+    try:
+        return load_file(file)
+    except Exception as exc:  # safetensors' SafetensorError and friends: name the file
+        raise ModelLoadError(
+            f"{what}: {file} is not a readable safetensors file ({exc}); {fix}"
+        ) from exc
+
+
 def _check_hf_config(directory: Path, what: str) -> None:
     from transformers import AutoConfig  # seconds to import: only when a model directory is read
 
@@ -82,19 +113,24 @@ def load_state_dict(
         raise ModelLoadError(f"{what}: path {path} does not exist; {_FORMAT_HINT}")
     if path.is_file():
         if path.suffix == ".safetensors":
-            return load_file(path)
+            return _read_safetensors(path, what)
         if path.suffix in PICKLE_SUFFIXES:
             if not allow_pickle:
                 _refuse_pickle(what, [path])
             return _load_pickles([path])
         raise ModelLoadError(f"{what}: {path} is not a weights file cycleqd reads; {_FORMAT_HINT}")
+    if not path.is_dir():
+        raise ModelLoadError(
+            f"{what}: {path} is neither a file nor a directory (a device, a link to one?); "
+            f"{_FORMAT_HINT}"
+        )
     if (path / "config.json").is_file():
         _check_hf_config(path, what)
     files = _safetensors_files(path)
     if files:
         state: dict[str, torch.Tensor] = {}
         for file in files:
-            state.update(load_file(file))
+            state.update(_read_safetensors(file, what))
         return state
     pickles = sorted(p for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
     if pickles:
