@@ -88,11 +88,6 @@ def evolve(
                         f"{config} differs from the config of the run in {run_dir}; "
                         "resume without CONFIG, or start a new run"
                     )
-            if store.checkpoint() is None:
-                raise ConfigError(
-                    f"{run_dir} has no checkpoint: the run never finished seeding; "
-                    "remove the folder and start again"
-                )
             if ray_address:  # where it runs may change, not how: the schedule stays
                 cfg = _on_ray(cfg, ray_address, keep_schedule=True)
         else:

@@ -115,11 +115,15 @@ class Evolver:
             ConfigError: the run folder holds a run and ``resume`` is false.
         """
         state = self.store.checkpoint()
+        if resume:
+            self.store.remove_temp_files()  # a kill mid-write leaves its temp file
         if state is not None:
             if not resume:
                 raise ConfigError(f"{self.store.root} holds a run already; pass --resume")
             restore_loop(self, state)
         else:
+            if resume:  # killed while seeding: what it logged counts for nothing, seed again
+                self.store.rewind_logs({})
             self.seed()
         nodes = self.evaluator.nodes
         if nodes is not None:  # where the workers run (Ray): one event per start or resume

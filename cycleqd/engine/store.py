@@ -100,6 +100,16 @@ class RunStore:
         path = self.root / name
         return path.stat().st_size if path.exists() else 0
 
+    def remove_temp_files(self) -> list[Path]:
+        """Remove the temp files of atomic writes a killed run left (``.<name>.*.tmp``).
+
+        Only for the run's own process, on resume: a live run's writes are in flight.
+        """
+        left = [p for p in self.root.rglob(".*.tmp") if p.is_file()]
+        for path in left:
+            path.unlink(missing_ok=True)
+        return left
+
     def rewind_logs(self, sizes: dict[str, int]) -> None:
         """Cut the logs back to a checkpoint's sizes (drops lines written after it)."""
         for name in LOGS:

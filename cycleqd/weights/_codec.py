@@ -59,7 +59,21 @@ def pack(
         "space": space,
         "genome": json.dumps(header, sort_keys=True),
     }
-    return st_save(tensors, metadata=metadata)
+    return canonical_header(st_save(tensors, metadata=metadata))
+
+
+def canonical_header(data: bytes) -> bytes:
+    """``data`` (safetensors bytes) with its JSON header's keys sorted: the same bytes every time.
+
+    safetensors writes its ``__metadata__`` from a hash map, in an order that changes from one
+    process to the next; tensor offsets count from the end of the header, so rewriting the
+    header (padded with spaces to 8 bytes, as safetensors does) leaves the data as it is.
+    """
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + size])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + data[8 + size :]
 
 
 def unpack(

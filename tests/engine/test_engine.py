@@ -232,6 +232,51 @@ def test_resume_after_sigkill_gives_identical_archives(tmp_path, digits_cache, s
         assert resumed.get(key) == whole.get(key), key
     for name in ("events.jsonl", "metrics.jsonl", "summary.json"):
         assert (tmp_path / "killed" / name).read_text() == (tmp_path / "whole" / name).read_text()
+    assert not list((tmp_path / "killed").rglob("*.tmp"))
+
+
+def _files(root):
+    return {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_a_run_killed_while_seeding_resumes_and_equals_an_uninterrupted_one(tmp_path, digits_cache):
+    """Every file byte for byte: the run folder has no wall-clock field (times go to stderr)."""
+    config = digits_yaml(tmp_path / "seed.yaml", digits_cache, generations=4)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "cycleqd", "evolve"]
+    for run in ("whole", "again"):  # two runs of one seed, in two processes
+        subprocess.run(
+            [*cmd, str(config), "--run-dir", str(tmp_path / run)],
+            check=True,
+            env=env,
+            capture_output=True,
+            timeout=600,
+        )
+    assert _files(tmp_path / "whole") == _files(tmp_path / "again")
+    killed = tmp_path / "killed"
+    victim = subprocess.Popen(
+        [*cmd, str(config), "--run-dir", str(killed)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 300
+    while not (killed / "config.yaml").is_file() and time.time() < deadline:
+        time.sleep(0.002)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert not (killed / "checkpoint.json").exists(), "the run was not killed while seeding"
+    # what a kill in the middle of a write leaves: a temp file, half a log line
+    (killed / "genomes").mkdir(exist_ok=True)
+    (killed / "genomes" / ".0123.genome.abcd.tmp").write_bytes(b"half a genome")
+    with open(killed / "events.jsonl", "a") as fh:
+        fh.write('{"event": "seed", "exp')
+    resumed = subprocess.run(
+        [*cmd, "--resume", "--run-dir", str(killed)], env=env, capture_output=True, timeout=600
+    )
+    assert resumed.returncode == 0, resumed.stderr.decode()[-2000:]
+    assert not list(killed.rglob("*.tmp"))
+    assert _files(killed) == _files(tmp_path / "whole")
 
 
 def test_load_run_round_trips_the_run(tmp_path, digits_cache):
