@@ -1,7 +1,7 @@
 """The program that runs inside the sandbox (bound in by :mod:`cycleqd.sandbox.container`).
 
 Started once per pool slot by bubblewrap as an unprivileged user, with no network, no host files
-but ``/usr`` and a throw-away ``/tmp``, in its own PID namespace. It makes itself non-dumpable
+but ``/usr``, in its own PID namespace. It makes itself non-dumpable
 (nothing of its user may ptrace it, read its memory or take its descriptors), checks that problems
 can have namespaces of their own, says hello, then reads one JSON request per line from stdin.
 
@@ -16,7 +16,6 @@ and the worker answers ``{"i", "secret", "result"}``. Standard library only (``/
 """
 
 import ctypes
-import hashlib
 import json
 import os
 import resource
@@ -28,12 +27,12 @@ import sys
 import time
 
 JOB = "/tmp/job"
-FIXTURE = "/tmp/fixture"
+FIXTURE = "/fixture/files"  # the worker's own tmpfs: covered before a problem runs
 CGROUPS = "/cg"  # the problem's cgroup directories, bound here by the host (one per controller)
 
 LIBC = ctypes.CDLL(None, use_errno=True)
 CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWUSER, CLONE_NEWPID = 0x20000, 0x8000000, 0x10000000, 0x20000000
-MS_REC, MS_PRIVATE, MS_NOSUID, MS_NODEV, MS_NOEXEC = 0x4000, 0x40000, 0x2, 0x4, 0x8
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REC, MS_PRIVATE = 1, 2, 4, 8, 0x4000, 0x40000
 PR_SET_DUMPABLE, PR_SET_NO_NEW_PRIVS = 4, 38
 
 
@@ -178,7 +177,7 @@ def python_problem(problem):
 
 def sql_problem(problem, deadline):
     """Run one query read-only against the request's database; print a JSON result."""
-    db = sqlite3.connect(f"file:{FIXTURE}/db.sqlite?mode=ro&immutable=1", uri=True)
+    db = sqlite3.connect(f"file:{JOB}/db.sqlite?mode=ro&immutable=1", uri=True)
     db.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)
     db.execute("PRAGMA query_only = ON")
 
@@ -189,6 +188,8 @@ def sql_problem(problem, deadline):
             sqlite3.SQLITE_FUNCTION,
             sqlite3.SQLITE_RECURSIVE,
         }
+        if action == sqlite3.SQLITE_FUNCTION and str(args[1]).lower() == "fts3_tokenizer":
+            return sqlite3.SQLITE_DENY  # hands out function pointers: a way to corrupt memory
         return sqlite3.SQLITE_OK if action in allowed else sqlite3.SQLITE_DENY
 
     db.set_authorizer(authorize)
@@ -221,86 +222,41 @@ def write_files(root, files, encoding):
             fh.write(content.encode(encoding, "replace"))
 
 
-def unlock(path):
-    """Make ``path`` and every folder below it that can be reached open to its owner."""
-    for target in [path] + [os.path.join(f, d) for f, dirs, _ in os.walk(path) for d in dirs]:
-        try:
-            os.chmod(target, 0o700, follow_symlinks=False)
-        except (OSError, NotImplementedError):
-            pass
-
-
-def remove(path):
-    """Remove ``path`` whatever a problem did to it (directories made unreadable included)."""
-    if not os.path.isdir(path) or os.path.islink(path):
-        try:
-            os.unlink(path)
-        except OSError:
-            pass
-        return
-    for _ in range(8):  # each pass opens one more level of folders a problem made 000
-        unlock(path)
-        shutil.rmtree(path, ignore_errors=True)
-        if not os.path.lexists(path):
-            return
-
-
-def digest(root):
-    """A fingerprint of everything under ``root``: names, modes, link targets and contents."""
-    h = hashlib.sha256()
-    for folder, dirs, files in os.walk(root):
-        dirs.sort()
-        for name in sorted(dirs + files):
-            path = os.path.join(folder, name)
-            st = os.lstat(path)
-            h.update(f"{os.path.relpath(path, root)}:{st.st_mode}\0".encode())
-            if os.path.islink(path):
-                h.update(os.readlink(path).encode())
-            elif os.path.isfile(path):
-                with open(path, "rb") as fh:
-                    h.update(fh.read())
-    return h.hexdigest()
-
-
 def build_fixture(request):
-    """The request's files and database in FIXTURE, from scratch; their fingerprint."""
-    remove(FIXTURE)
+    """The request's files and database in FIXTURE, from scratch (problems never write there)."""
+    shutil.rmtree(FIXTURE, ignore_errors=True)
     os.makedirs(FIXTURE)
     write_files(FIXTURE, request.get("files", {}), "latin-1")
     if request.get("sqlite"):
         with sqlite3.connect(f"{FIXTURE}/db.sqlite") as db:
             db.executescript(request["sqlite"])
         db.close()
-    return digest(FIXTURE)
 
 
-def wipe(request, pristine):
-    """Clean the writable places before a problem.
+def private_filesystem(kind, problem, limits):
+    """Fresh tmpfs on /tmp and /dev/shm for this problem, its job folder, the fixture covered.
 
-    What earlier problems left in /tmp and /dev/shm goes, and a fixture they changed is rebuilt
-    from the request.
-
-    Raises:
-        OSError: something could not be removed (the problem fails instead of seeing it).
+    They live in the problem's mount namespace and go with it: nothing it writes, no mode,
+    timestamp or attribute it sets, reaches the next problem; their size is its memory budget.
     """
-    for folder, keep in (("/tmp", {FIXTURE}), ("/dev/shm", set())):
-        for name in os.listdir(folder):
-            if os.path.join(folder, name) not in keep:
-                remove(os.path.join(folder, name))
-    try:
-        same = digest(FIXTURE) == pristine
-    except OSError:
-        same = False
-    if not same:
-        build_fixture(request)
-    left = set(os.listdir("/tmp")) - {os.path.basename(FIXTURE)}
-    if left or os.listdir("/dev/shm"):
-        raise OSError(f"could not clean the sandbox: {sorted(left)}")
+    size = f"size={limits['memory_mb']}m,mode=700".encode()
+    for target in (b"/tmp", b"/dev/shm"):
+        check(LIBC.mount(b"tmpfs", target, b"tmpfs", MS_NOSUID | MS_NODEV, size), "mount tmpfs")
+    if kind == "shell":
+        shutil.copytree(FIXTURE, JOB, symlinks=True)
+        write_files(JOB, problem.get("files", {}), "utf-8")
+    else:
+        os.makedirs(JOB)
+        if kind == "sql":
+            shutil.copyfile(f"{FIXTURE}/db.sqlite", f"{JOB}/db.sqlite")
+    flags = MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC
+    check(LIBC.mount(b"tmpfs", b"/fixture", b"tmpfs", flags, b"size=4k"), "cover /fixture")
 
 
 def problem_init(kind, problem, limits, deadline):
     """The problem, as the init of its own namespaces (never returns)."""
     try:
+        private_filesystem(kind, problem, limits)
         seal()
         os.chdir(JOB)
         os.environ.update(HOME=JOB, TMPDIR=JOB, PATH="/usr/bin:/bin")
@@ -323,14 +279,11 @@ def problem_init(kind, problem, limits, deadline):
             os._exit(1)
 
 
-def run_child(kind, problem, limits):
-    """Fork a child for one problem; return (stdout bytes, stderr bytes, status, why)."""
-    if kind == "shell" and os.path.isdir(FIXTURE):
-        shutil.copytree(FIXTURE, JOB, symlinks=True)
-    else:
-        os.makedirs(JOB, exist_ok=True)
-    if kind == "shell":
-        write_files(JOB, problem.get("files", {}), "utf-8")
+def run_child(kind, problem, limits, forget):
+    """Fork a child for one problem; return (stdout bytes, stderr bytes, status, why).
+
+    ``forget``: containers the child empties before the problem runs (the rest of the batch).
+    """
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
     deadline = time.monotonic() + limits["wall_s"]
@@ -350,6 +303,8 @@ def run_child(kind, problem, limits):
                     with open(f"{CGROUPS}/{controller}/cgroup.procs", "w") as fh:
                         fh.write(str(os.getpid()))
             enter_namespaces()
+            for held in forget:
+                held.clear()
             inner = os.fork()
             if inner == 0:
                 problem_init(kind, problem, limits, deadline)
@@ -358,7 +313,8 @@ def run_child(kind, problem, limits):
             _, raw = os.waitpid(inner, 0)
             status = os.waitstatus_to_exitcode(raw)
             if status < 0:  # the problem was killed: so is this process, by the same signal
-                signal.signal(-status, signal.SIG_DFL)
+                if -status != signal.SIGKILL:
+                    signal.signal(-status, signal.SIG_DFL)
                 os.kill(os.getpid(), -status)
             os._exit(status)
         except BaseException as exc:  # noqa: BLE001
@@ -412,6 +368,14 @@ def send(message):
     sys.stdout.flush()
 
 
+def oom_kills(limits):
+    """How often the kernel killed a process of the problem's cgroup for memory (or None)."""
+    if not limits.get("cgroup"):
+        return None
+    with open(f"{CGROUPS}/memory/memory.oom_control") as fh:
+        return next((int(x.split()[1]) for x in fh if x.startswith("oom_kill ")), None)
+
+
 def main():
     # no process of this user may attach to the worker, read its memory or take its descriptors
     check(LIBC.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0), "prctl(PR_SET_DUMPABLE)")
@@ -421,16 +385,28 @@ def main():
         if not line:
             return
         request = json.loads(line)
+        del line
         kind, limits = request["kind"], request["limits"]
-        pristine = build_fixture(request)
-        for i, problem in enumerate(request["problems"]):
+        problems = request.pop("problems")
+        try:
+            build_fixture(request)
+            broken = None
+        except Exception as exc:  # noqa: BLE001 - every problem of the request fails with it
+            broken = f"{type(exc).__name__}: {exc}"
+        for i, problem in enumerate(problems):
             try:
-                # every problem starts clean: the job folder, anything else an earlier problem
-                # wrote, and the fixture as the request gave it
-                wipe(request, pristine)
-                stdout, stderr, status, why = run_child(kind, problem, limits)
-            except OSError as exc:  # the problem fails; the worker and the batch go on
-                sweep()
+                if broken:
+                    raise OSError(broken)
+                before = oom_kills(limits)
+                # the problem forgets the rest of the batch before any of its code runs
+                stdout, stderr, status, why = run_child(kind, problem, limits, (problems, request))
+                if status == -signal.SIGKILL and why is None and oom_kills(limits) != before:
+                    why = "memory limit"
+            except Exception as exc:  # noqa: BLE001 - the problem fails; the batch goes on
+                try:
+                    sweep()
+                except Exception:  # noqa: BLE001 - a container that cannot be cleaned ends
+                    os._exit(3)
                 stdout, stderr, status, why = b"", str(exc).encode(), None, "sandbox error"
             # every process of the problem is gone (sweep): only now does its secret exist
             send({"done": i})
@@ -442,6 +418,7 @@ def main():
                 "error": why,
             }
             send({"i": i, "secret": secret, "result": result})
+            del result, stdout, stderr, secret
 
 
 if __name__ == "__main__":

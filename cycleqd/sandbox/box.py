@@ -6,9 +6,11 @@ as an unprivileged user (``nobody`` when cycleqd runs as root) with
 * no network (its own, empty network namespace), its own PID, IPC and UTS namespaces;
 * no host files but ``/usr`` read-only (and ``/etc/alternatives``, the symlinks by which Debian
   names ``awk`` and friends) — not the home directory, not the project, not the rest of ``/etc``
-  — a read-only root, and a throw-away ``/tmp`` (tmpfs) as the only writable place, wiped (with
-  ``/dev/shm``) before every problem, so nothing one problem writes reaches the next;
-* per problem: a fresh working directory (a fresh copy of the fixture for shell commands); user,
+  — and a read-only root;
+* per problem: fresh ``/tmp`` and ``/dev/shm`` (tmpfs of its own, the size of its memory budget,
+  gone with it: nothing one problem writes, no mode, time or attribute it sets, reaches the next)
+  holding its working directory (a fresh copy of the fixture for shell commands; the worker's
+  copy of the fixture is covered); user,
   PID, mount and IPC namespaces of its own, of which it is the init, with a ``/proc`` that shows
   only its processes and no capabilities, so that it can neither see nor signal nor ptrace the
   (non-dumpable) worker nor reach its pipes, and killing its init kills all it started; a cgroup
@@ -16,7 +18,8 @@ as an unprivileged user (``nobody`` when cycleqd runs as root) with
   time, address space, processes and file size; a wall-clock limit and an output cap enforced by
   the worker; afterwards every process left in the container is killed;
 * SQLite opened read-only and immutable, ``ATTACH`` disabled, every statement but reads denied by
-  an authoriser, and a time limit on the query.
+  an authoriser (and ``fts3_tokenizer``, which hands out function pointers), and a time limit on
+  the query.
 
 Workers are persistent: a request carries a whole batch of problems, each run in a forked child,
 so scoring a candidate costs a fork per problem, not a container per snippet. Verdicts come back
@@ -141,6 +144,10 @@ def _result(data: Any) -> SandboxResult:
     if not all(isinstance(data[k], t) for k, t in _RESULT_TYPES.items()):
         raise ContainerError("forged", f"a sandbox worker sent the verdict {str(data)[:200]}")
     return SandboxResult(**data)
+
+
+class _Retry(CycleQDError):
+    """A worker could not take a batch before any of it ran."""
 
 
 class Sandbox:
@@ -281,10 +288,11 @@ class Sandbox:
             worker = self._take()
             try:
                 self._stream(worker, kind, problems[len(results) :], files, sqlite, limits, results)
+            except _Retry as exc:  # nothing ran: a fresh worker takes the batch
+                self._incident("retry", str(exc), worker)
+                continue
             except ContainerError as exc:  # costs the problem in flight, not its neighbours
-                self.incidents.append((exc.kind, str(exc)))
-                log.warning("sandbox worker replaced (%s): %s", exc.kind, exc)
-                self._replace(worker)
+                self._incident(exc.kind, str(exc), worker)
                 results.append(SandboxResult("", str(exc), None, f"worker {exc.kind}"))
                 continue
             except BaseException:
@@ -308,8 +316,10 @@ class Sandbox:
         """Run ``problems`` on ``worker``, appending each verdict to ``results`` as it comes."""
         chosen = self._limits(limits)
         if worker.cgroup is not None:
-            # the problem's first process (it forks the problem) counts too
-            worker.cgroup.set_limits(chosen["memory_mb"], chosen["problem_processes"] + 1)
+            try:  # the problem's first process (it forks the problem) counts too
+                worker.cgroup.set_limits(chosen["memory_mb"], chosen["problem_processes"] + 1)
+            except OSError as exc:
+                raise _Retry(f"the worker's cgroup refused its limits ({exc})") from None
         request = {"id": next(self._ids), "kind": kind, "problems": problems}
         worker.send(request | {"files": files or {}, "sqlite": sqlite, "limits": chosen})
         for i in range(len(problems)):
@@ -324,10 +334,17 @@ class Sandbox:
                 raise ContainerError("forged", f"a verdict without its secret: {repr(reply)[:200]}")
             results.append(_result(reply.get("result")))
 
+    def _incident(self, kind: str, message: str, worker: Container) -> None:
+        self.incidents.append((kind, message))
+        log.warning("sandbox worker replaced (%s): %s", kind, message)
+        self._replace(worker)
+
     def _take(self) -> Container:
         while True:
             if self._closed:
                 raise CycleQDError("the sandbox is closed")
+            if not self._all:
+                raise CycleQDError("the sandbox has no worker left: none could be started")
             try:
                 return self._idle.get(timeout=0.5)
             except queue.Empty:
@@ -340,7 +357,11 @@ class Sandbox:
                 self._all.remove(worker)
             if self._closed:
                 return
-        self._add()
+        try:
+            self._add()
+        except Exception as exc:  # noqa: BLE001 - the pool goes on with one worker fewer
+            self.incidents.append(("start", str(exc)))
+            log.warning("a sandbox worker could not be started: %s", exc)
 
     def close(self) -> None:
         """Stop every worker and everything it started."""

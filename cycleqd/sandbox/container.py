@@ -80,7 +80,9 @@ def container_command(unavailable: type[CycleQDError]) -> tuple[list[str], int]:
         # Debian reaches awk, editor and friends through these symlinks into /usr
         *("--ro-bind-try /etc/alternatives /etc/alternatives".split()),
         *("--ro-bind", str(_WORKER), "/worker.py"),
-        *("--tmpfs /tmp --proc /proc --dev /dev".split()),
+        # /fixture: the worker's copy of a request's files, which problems never see; /tmp and
+        # /dev/shm: each problem mounts fresh ones of its own
+        *("--tmpfs /fixture --tmpfs /tmp --proc /proc --dev /dev".split()),
         # /dev is a tmpfs of the sandbox user's: only its shared-memory folder stays writable
         *("--tmpfs /dev/shm --remount-ro /dev".split()),
     ]

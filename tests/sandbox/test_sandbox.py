@@ -236,7 +236,7 @@ def test_nothing_a_problem_writes_outlives_it():
         tamper = (
             "echo a > /dev/planted; rm -f /dev/stdout; mkdir -p /tmp/keep/d; "
             "echo secret > /tmp/keep/d/s; chmod 000 /tmp/keep/d /tmp/keep; mkdir sub; "
-            "chmod 000 sub; echo changed > /tmp/fixture/f.txt; "
+            "chmod 000 sub; echo changed > /tmp/fixture/f.txt; echo changed > /fixture/f.txt; "
             "ln -s /tmp/fixture/stash /tmp/fixture/given.txt; echo done"
         )
         look = (
@@ -250,5 +250,6 @@ def test_nothing_a_problem_writes_outlives_it():
         )
         assert first.stdout == "done\n" and "Read-only file system" in first.stderr
         assert second.error is None
-        assert second.stdout.endswith("fixture\njob\noriginal\nmine\nout\n")
+        # /tmp is the problem's own: its job folder only (the fixture is the worker's, covered)
+        assert second.stdout.endswith("No such file or directory\njob\noriginal\nmine\nout\n")
         assert "secret" not in second.stdout and "No such file" in second.stdout

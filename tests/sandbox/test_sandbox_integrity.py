@@ -220,3 +220,77 @@ def test_without_cgroups_the_sandbox_refuses_unless_told_and_then_fits_the_budge
         assert chosen["problem_processes"] * chosen["process_memory_mb"] <= 256
         ok = box.run("python", [{"code": "sum(range(10))", "cases": [{}]}])[0]
         assert ok.json() == [{"ok": True, "value": "45"}]
+
+
+POISONS = [
+    "chmod 000 /dev/shm; chmod 000 /tmp",
+    "chmod 555 /tmp; chmod 555 /tmp/job",
+    "mkdir -p d; cd d; for i in $(seq 12); do mkdir d; chmod 000 .; cd d 2>/dev/null; done",
+    "for i in $(seq 3000); do mkdir d && cd d || break; done; echo deep",
+    "touch -d 2030-01-01 a.txt /tmp /tmp/job; setfattr -n user.x -v 1 a.txt 2>/dev/null; true",
+    "printf 'b.txt:33188\\0bee' >> a.txt; rm -f b.txt",  # a digest collision, once
+    "echo X > /fixture/m; echo Y > /tmp/fixture/m; true",
+]
+
+
+def test_nothing_a_problem_does_to_its_files_reaches_the_next_problem():
+    """Each problem gets fresh /tmp and /dev/shm of its own; the worker's fixture is covered."""
+    innocent = {"code": "ls -la --time-style=+ . | tail -n +2; cat a.txt b.txt; ls -A /dev/shm"}
+    files = {"a.txt": "ay\n", "b.txt": "bee\n"}
+    with Sandbox(workers=1, limits=Limits(wall_s=5)) as box:
+        baseline = box.run("shell", [innocent], files=files)[0]
+        assert baseline.ok and baseline.stdout.endswith("ay\nbee\n")
+        for poison in POISONS:
+            _, after = box.run("shell", [{"code": poison}, innocent], files=files)
+            assert after.ok and after.stdout == baseline.stdout, poison
+        assert box.incidents == []
+
+
+MEMORY = r"""
+import gc, sys
+def hit(value):
+    return "".join(["MAR", "KED"]) in repr(value)[:100000]
+found = []
+frame = sys._getframe()
+while frame is not None:
+    found += [k for k, v in frame.f_locals.items() if hit(v)]
+    frame = frame.f_back
+found += [type(o).__name__ for o in gc.get_objects() if hit(o)]
+sys.stderr.write(repr(found))
+"""
+
+
+def test_a_python_problem_cannot_read_the_rest_of_its_batch_from_the_workers_memory():
+    with Sandbox(workers=1) as box:
+        box.run("python", [{"code": "'MARK' + 'ED earlier'", "cases": [{}]}])
+        got = box.run(
+            "python",
+            [
+                {"code": "'MARK' + 'ED before'", "cases": [{"x": "MARK" + "ED case"}]},
+                {"code": f"exec({MEMORY!r})", "cases": [{}]},
+                {"code": "'MARK' + 'ED after'", "cases": [{"y": "MARK" + "ED case"}]},
+            ],
+        )
+        assert got[1].ok and got[1].stderr == "[]"  # not the verdict before, nor the others
+
+
+def test_the_memory_limit_is_named_and_a_big_request_does_not_block_the_next():
+    fill = "for i in range(7):\n    open(f'/tmp/{i}', 'wb').write(b'x' * (15 << 20))\n"
+    fill += "block = bytearray(b'y') * (90 << 20)\nprint('survived')"
+    with Sandbox(workers=1, limits=Limits(wall_s=10, memory_mb=160)) as box:
+        killed = box.run("python", [{"code": f"exec({fill!r})", "cases": [{}]}])[0]
+        assert killed.error == "memory limit" and "survived" not in killed.stdout
+        big = Limits(wall_s=10, memory_mb=1024, file_mb=512)
+        hold = "head -c 700M /dev/zero > /tmp/big; echo held"  # left in /tmp as the request ends
+        assert box.run("shell", [{"code": hold}], limits=big)[0].stdout == "held\n"
+        after = box.run("python", [{"code": "1 + 1", "cases": [{}]}])[0]  # 160 MiB again
+        assert after.json() == [{"ok": True, "value": "2"}]
+        assert box.incidents == []
+
+
+def test_sql_cannot_reach_function_pointers():
+    with Sandbox(workers=1) as box:
+        result = box.run(
+            "sql", [{"code": "SELECT fts3_tokenizer('simple')"}], sqlite="CREATE TABLE t(a);"
+        )[0]
+        assert "not authorized" in result.stderr and result.json() is None
