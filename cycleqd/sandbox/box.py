@@ -26,8 +26,10 @@ so scoring a candidate costs a fork per problem, not a container per snippet. Ve
 one per problem, each only after the problem's processes are gone and carrying a secret the host
 sends then: a worker that stalls, dies, or answers out of turn costs the problem in flight (scored
 as failed, with the reason), is logged and replaced, and the rest of the batch goes on on a fresh
-worker. A batch of ``n`` problems therefore ends within ``10 + n * (wall_s + 10)`` seconds, plus a
-worker's start (at most 30 s) for each worker replaced.
+worker. Every wait has its limit (a request's delivery 10 s; a problem's end ``wall_s`` + 10 s,
+10 s more for a request's first; its verdict 10 s after its secret), so a batch of ``n`` problems
+ends within ``20 + n * (wall_s + 30)`` seconds plus a worker's start (at most 30 s) for each worker
+replaced; beyond ``wall_s`` the waits take milliseconds unless a worker fails.
 
 Where the host cannot make cgroups (cgroup-v1 ``memory`` and ``pids`` under ``/sys/fs/cgroup``,
 writable: run as root) or refuses nested user namespaces, the sandbox refuses to start and says
@@ -63,7 +65,8 @@ __all__ = ["Limits", "Sandbox", "SandboxUnavailable", "SandboxResult", "shared_s
 
 log = logging.getLogger("cycleqd.sandbox")
 
-#: Seconds a problem may take beyond its wall-clock limit (cleaning, forking, the verdict).
+#: Seconds a problem may take beyond its wall-clock limit (forking, mounting, the sweep), and the
+#: limit of every other wait on a worker (a request's delivery, a verdict after its secret).
 SLACK_S = 10.0
 #: Extra seconds for a request's first problem (building the fixture).
 FIRST_S = 10.0
@@ -321,14 +324,14 @@ class Sandbox:
             except OSError as exc:
                 raise _Retry(f"the worker's cgroup refused its limits ({exc})") from None
         request = {"id": next(self._ids), "kind": kind, "problems": problems}
-        worker.send(request | {"files": files or {}, "sqlite": sqlite, "limits": chosen})
+        worker.send(request | {"files": files or {}, "sqlite": sqlite, "limits": chosen}, SLACK_S)
         for i in range(len(problems)):
             done = worker.read(chosen["wall_s"] + SLACK_S + (FIRST_S if i == 0 else 0.0))
             if done != {"done": i}:
                 got = repr(done)[:200]
                 raise ContainerError("forged", f"expected the end of problem {i}, got {got}")
             secret = secrets.token_hex(16)
-            worker.send({"secret": secret})
+            worker.send({"secret": secret}, SLACK_S)
             reply = worker.read(SLACK_S)
             if reply.get("i") != i or not hmac.compare_digest(str(reply.get("secret")), secret):
                 raise ContainerError("forged", f"a verdict without its secret: {repr(reply)[:200]}")

@@ -137,6 +137,8 @@ class Container:
             env={"PATH": "/usr/bin:/bin"},
         )
         self._buffer = b""
+        assert self.process.stdin is not None
+        os.set_blocking(self.process.stdin.fileno(), False)  # writes wait in select, bounded
         try:
             hello = self.read(timeout)
         except ContainerError:
@@ -154,14 +156,23 @@ class Container:
                 "`sysctl -w kernel.unprivileged_userns_clone=1` or the AppArmor userns switch)"
             )
 
-    def send(self, message: dict[str, Any]) -> None:
-        """One JSON line to the worker."""
+    def send(self, message: dict[str, Any], timeout: float = 30.0) -> None:
+        """One JSON line to the worker, within ``timeout`` seconds (a stalled worker reads none)."""
         assert self.process.stdin is not None
-        try:
-            self.process.stdin.write(json.dumps(message).encode() + b"\n")
-            self.process.stdin.flush()
-        except OSError as exc:
-            raise ContainerError("died", f"a sandbox worker died: {exc}") from None
+        fd = self.process.stdin.fileno()
+        data = memoryview(json.dumps(message).encode() + b"\n")
+        deadline = time.monotonic() + timeout
+        while data:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([], [fd], [], left)[1]:
+                why = f"a sandbox worker read nothing for {timeout:.0f} s"
+                raise ContainerError("stalled", why)
+            try:
+                data = data[os.write(fd, data) :]
+            except BlockingIOError:
+                continue
+            except OSError as exc:
+                raise ContainerError("died", f"a sandbox worker died: {exc}") from None
 
     def read(self, timeout: float) -> dict[str, Any]:
         """The worker's next JSON line, within ``timeout`` seconds."""
