@@ -6,8 +6,11 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import yaml
+from conftest import tiny_quickstart_yaml
 
-from cycleqd import CycleQDError, load_config
+from cycleqd import CycleQDError, Evolver, load_config
+from cycleqd.engine.store import RunStore
 from cycleqd.sandbox.box import Sandbox
 from cycleqd.suite.skills import SKILLS, SkillAccuracy, capacity, generate, score
 from cycleqd.suite.skills.problems import _pools
@@ -108,3 +111,27 @@ def test_unknown_skill_or_split():
         generate("bash", "train", 1)
     with pytest.raises(CycleQDError, match="unknown split 'dev'"):
         generate("code", "dev", 1)
+
+
+def test_memoised_verdicts_change_no_score_of_a_run(tmp_path, tinylm_micro):
+    """The same run with and without the verdict cache: every score, event and report equal."""
+    runs = {}
+    for memoize in (False, True):
+        path = tiny_quickstart_yaml(
+            tmp_path / f"m{memoize}.yaml", tinylm_micro[0], problems=8, generations=6, batch_size=3
+        )
+        data = yaml.safe_load(path.read_text())
+        for task in data["tasks"]:
+            task["params"]["memoize"] = memoize
+        path.write_text(yaml.safe_dump(data))
+        cfg = load_config(path)
+        evolver = Evolver(cfg, RunStore.create(tmp_path / f"run{memoize}", cfg))
+        summary = evolver.run()
+        runs[memoize] = (evolver, summary)
+    (plain, plain_summary), (cached, cached_summary) = runs[False], runs[True]
+    assert plain.store.read_log("events.jsonl") == cached.store.read_log("events.jsonl")
+    assert plain_summary == cached_summary
+    scorers = cached.evaluator.scorers.values()
+    assert all(s.memo_lookups > 0 for s in scorers)
+    assert sum(s.memo_hits for s in scorers) > 0  # children repeat answers: runs were saved
+    assert all(s.memo is None for s in plain.evaluator.scorers.values())

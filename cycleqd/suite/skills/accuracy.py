@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from cycleqd.errors import CycleQDError
@@ -13,6 +14,8 @@ from cycleqd.suite.skills.execution import gold_outputs, score
 from cycleqd.suite.skills.problems import generate, prompt_of
 
 __all__ = ["SkillAccuracy"]
+
+log = logging.getLogger("cycleqd.scorers")
 
 
 class SkillAccuracy:
@@ -33,6 +36,9 @@ class SkillAccuracy:
         seed: generates the problems.
         max_new_tokens: longest answer; default: the longest gold answer of the split (in the
             model's tokens) plus 4, so that a rambling child stops as soon as it must be wrong.
+        memoize: keep every verdict by (problem, answer) and never run an answer given to a
+            problem before (children of one run often give the same answers); scores are the
+            same either way. ``memo_hits`` / ``memo_lookups`` count how often it saved a run.
 
     Raises:
         CycleQDError: more val or test problems than the skill's split holds distinct requests,
@@ -55,8 +61,11 @@ class SkillAccuracy:
         search_problems: int | None = None,
         seed: int = 0,
         max_new_tokens: int | None = None,
+        memoize: bool = True,
     ) -> None:
         self.skill, self.seed, self.max_new_tokens = skill, seed, max_new_tokens
+        self.memo: dict[tuple[str, ...], bool] | None = {} if memoize else None
+        self.memo_hits = self.memo_lookups = 0
         if search_problems is not None and not 0 < search_problems <= problems:
             raise CycleQDError(
                 f"skill_accuracy: search_problems={search_problems} must be between 1 and "
@@ -125,5 +134,18 @@ class SkillAccuracy:
         sandbox = shared_sandbox()
         if split not in self._gold:
             self._gold[split] = gold_outputs(sandbox, problems)
-        verdicts = score(sandbox, problems, [a.strip() for a in answers], self._gold[split])
+        before = len(self.memo) if self.memo is not None else 0
+        verdicts = score(
+            sandbox, problems, [a.strip() for a in answers], self._gold[split], self.memo
+        )
+        if self.memo is not None:
+            self.memo_lookups += len(problems)
+            self.memo_hits += len(problems) - (len(self.memo) - before)
+            log.info(
+                "skill_accuracy %s: %d of %d answers known (hit rate %.2f so far)",
+                self.skill,
+                len(problems) - (len(self.memo) - before),
+                len(problems),
+                self.memo_hits / self.memo_lookups,
+            )
         return Score(verdicts)
