@@ -198,10 +198,18 @@ class Container:
         return message
 
     def _stderr(self) -> str:
+        """What the dead worker wrote to stderr, as far as it is there now (never waits)."""
         stderr = self.process.stderr
-        if stderr is None or self.process.poll() is None:
+        if stderr is None:
             return ""
-        return stderr.read()[-2000:].decode(errors="replace").strip()
+        fd, text = stderr.fileno(), b""
+        os.set_blocking(fd, False)
+        try:
+            while chunk := os.read(fd, 1 << 16):
+                text = (text + chunk)[-2000:]
+        except OSError:  # nothing more for now (a container process may still hold it)
+            pass
+        return text.decode(errors="replace").strip()
 
     def close(self) -> None:
         """Kill the worker and everything it started, whenever this comes."""

@@ -322,3 +322,12 @@ def test_a_big_request_to_a_stopped_worker_fails_in_bounded_time():
         assert results[0].error == "worker stalled"
         assert results[1].stdout == "two\n"
         assert [kind for kind, _ in box.incidents] == ["stalled"]
+
+
+def test_a_dead_worker_costs_one_answer_and_is_replaced():
+    with Sandbox(workers=1) as box:
+        worker = _descendants(box._all[0].process.pid)[-1]  # the program inside the container
+        os.kill(worker, signal.SIGKILL)
+        results = box.run("shell", [{"code": "echo a"}, {"code": "echo b"}])
+        assert results[0].error == "worker died" and results[1].stdout == "b\n"
+        assert [kind for kind, _ in box.incidents] == ["died"]
