@@ -59,7 +59,13 @@ from typing import Any
 
 from cycleqd.errors import CycleQDError
 from cycleqd.sandbox import cgroups
-from cycleqd.sandbox.container import Container, ContainerError, container_command, user_processes
+from cycleqd.sandbox.container import (
+    Container,
+    ContainerError,
+    SandboxUnavailable,
+    container_command,
+    user_processes,
+)
 
 __all__ = ["Limits", "Sandbox", "SandboxUnavailable", "SandboxResult", "shared_sandbox"]
 
@@ -72,10 +78,6 @@ SLACK_S = 10.0
 FIRST_S = 10.0
 #: Per-process address space under ``weaker`` limits is at least this many MiB.
 _WEAK_PROCESS_MB = 64
-
-
-class SandboxUnavailable(CycleQDError):
-    """The isolation mechanism is missing on this machine."""
 
 
 @dataclass(frozen=True)
@@ -175,7 +177,7 @@ class Sandbox:
         self, *, workers: int = 2, limits: Limits | None = None, weaker: bool | None = None
     ) -> None:
         self.limits = limits or Limits()
-        self._command, self._uid = container_command(SandboxUnavailable)
+        self._command, self._uid = container_command()
         if weaker is None:
             weaker = os.environ.get("CYCLEQD_SANDBOX_WEAKER") == "1"
         why = cgroups.available()
@@ -208,7 +210,7 @@ class Sandbox:
     def _add(self) -> None:
         group = cgroups.WorkerCgroup(self._uid) if self.cgroups else None
         try:
-            worker = Container(self._command, group, SandboxUnavailable)
+            worker = Container(self._command, group)
         except BaseException:
             if group is not None:
                 group.remove()

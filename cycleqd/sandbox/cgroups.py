@@ -159,11 +159,6 @@ class WorkerCgroup:
             self._memory = value
         (self.paths["pids"] / "problem" / "pids.max").write_text(str(nproc))
 
-    def kill_all(self) -> None:
-        """SIGKILL every process of the worker, the problem's included."""
-        for path in self.paths.values():
-            _kill_all(path)
-
     def remove(self) -> None:
         """Kill everything in the cgroups and remove them."""
         for path in self.paths.values():

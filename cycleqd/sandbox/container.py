@@ -21,11 +21,22 @@ from typing import Any
 from cycleqd.errors import CycleQDError
 from cycleqd.sandbox.cgroups import WorkerCgroup
 
-__all__ = ["Container", "ContainerError", "NOBODY", "container_command", "user_processes"]
+__all__ = [
+    "NOBODY",
+    "Container",
+    "ContainerError",
+    "SandboxUnavailable",
+    "container_command",
+    "user_processes",
+]
 
 _WORKER = Path(__file__).with_name("_worker.py")
 _PYTHON = "/usr/bin/python3"
 NOBODY = 65534
+
+
+class SandboxUnavailable(CycleQDError):
+    """The isolation mechanism is missing on this machine."""
 
 
 class ContainerError(CycleQDError):
@@ -48,20 +59,20 @@ def user_processes(uid: int) -> int:
     return count
 
 
-def container_command(unavailable: type[CycleQDError]) -> tuple[list[str], int]:
+def container_command() -> tuple[list[str], int]:
     """The command that starts a worker, and the user it runs as.
 
     Raises:
-        unavailable: bubblewrap, setpriv (as root) or the system Python is missing.
+        SandboxUnavailable: bubblewrap, setpriv (as root) or the system Python is missing.
     """
     bwrap = shutil.which("bwrap")
     if bwrap is None:
-        raise unavailable(
+        raise SandboxUnavailable(
             "bubblewrap (bwrap) is not installed, and model-written code never runs outside a "
             "sandbox: install it with `apt-get install bubblewrap` (`make setup` does)"
         )
     if not Path(_PYTHON).is_file():
-        raise unavailable(
+        raise SandboxUnavailable(
             f"the sandbox runs {_PYTHON}, which is missing: install it with "
             "`apt-get install python3`"
         )
@@ -69,7 +80,7 @@ def container_command(unavailable: type[CycleQDError]) -> tuple[list[str], int]:
     if uid == 0:  # root is exempt from RLIMIT_NPROC: drop to nobody before entering
         setpriv = shutil.which("setpriv")
         if setpriv is None:
-            raise unavailable(
+            raise SandboxUnavailable(
                 "running as root needs setpriv (util-linux) to drop to an "
                 "unprivileged user: `apt-get install util-linux`"
             )
@@ -104,14 +115,13 @@ class Container:
     """A started worker: its process, its cgroup (``None``: none), and its line channel.
 
     Waits for the worker's hello. Raises :class:`ContainerError` if it never comes, and
-    ``unavailable`` with the fix if the worker cannot give problems namespaces of their own.
+    :class:`SandboxUnavailable` with the fix if problems cannot have namespaces of their own.
     """
 
     def __init__(
         self,
         command: list[str],
         cgroup: WorkerCgroup | None,
-        unavailable: type[CycleQDError],
         timeout: float = 30.0,
     ) -> None:
         self.cgroup = cgroup
@@ -149,7 +159,7 @@ class Container:
             raise ContainerError("forged", f"a sandbox worker started with {hello!r}")
         if hello.get("namespaces") is not None:
             self.close()
-            raise unavailable(
+            raise SandboxUnavailable(
                 "the sandbox gives every problem user, PID and mount namespaces of its own, and "
                 f"this machine refuses them ({hello['namespaces']}): allow unprivileged user "
                 "namespaces (`sysctl -w user.max_user_namespaces=10000`, and on Debian/Ubuntu "

@@ -139,12 +139,13 @@ class SkillAccuracy:
             sandbox, problems, [a.strip() for a in answers], self._gold[split], self.memo
         )
         if self.memo is not None:
+            hits = len(problems) - (len(self.memo) - before)
             self.memo_lookups += len(problems)
-            self.memo_hits += len(problems) - (len(self.memo) - before)
+            self.memo_hits += hits
             log.info(
                 "skill_accuracy %s: %d of %d answers known (hit rate %.2f so far)",
                 self.skill,
-                len(problems) - (len(self.memo) - before),
+                hits,
                 len(problems),
                 self.memo_hits / self.memo_lookups,
             )
