@@ -71,6 +71,7 @@ def greedy_decode(
     max_new_tokens: int | Sequence[int] = 64,
     stop: str | None = "\n",
     batch_size: int = 256,
+    engine: Any = "auto",
 ) -> list[str]:
     """Greedy completions of ``prompts``, batched, through the KV cache.
 
@@ -81,19 +82,27 @@ def greedy_decode(
         max_new_tokens: longest completion, or one limit per prompt.
         stop: a completion ends before this string (``None``: only at end-of-sequence).
         batch_size: prompts decoded together.
+        engine: ``lean`` (:class:`cycleqd.generation.lean.LeanLlama`: a plain Llama's forward
+            without the framework, static cache, finished rows dropped; same tokens),
+            ``transformers`` (the model's own forward), or ``auto``: lean where it applies
+            (:func:`cycleqd.generation.lean.supports` and a one-character or no stop string).
+            A :class:`~cycleqd.generation.lean.LeanLlama` of ``model`` is used as given (its
+            work counters then say what the decoding did: ``bench/decode.py``).
 
     Returns:
         One completion per prompt, without the prompt and the stop string.
     """
-    from transformers import DynamicCache
+    from cycleqd.generation.lean import LeanLlama, supports
 
+    given = engine if isinstance(engine, LeanLlama) else None
+    if given is None and engine not in ("auto", "lean", "transformers"):
+        raise ValueError(f"engine must be auto, lean or transformers, not {engine!r}")
     device = next(model.parameters()).device
-    eos = tokenizer.eos_token_id
-    accepted = inspect.signature(model.forward).parameters
-    # transformers 5 renamed past_key_values to cache; older versions and other models differ
-    cache_arg = "cache" if "cache" in accepted else "past_key_values"
-    keep = {"logits_to_keep": 1} if "logits_to_keep" in accepted else {}
     stop_ids = _tokens_containing(tokenizer, stop, device) if stop and len(stop) == 1 else None
+    lean_fits = supports(model) and (stop is None or stop_ids is not None)
+    if (given is not None or engine == "lean") and not lean_fits:
+        raise ValueError("the lean engine decodes plain float32 Llamas with a 1-character stop")
+    lean = given or (LeanLlama(model) if engine != "transformers" and lean_fits else None)
     out: list[str] = []
     for start in range(0, len(prompts), batch_size):
         chunk = list(prompts[start : start + batch_size])
@@ -106,42 +115,108 @@ def greedy_decode(
         encoded = tokenizer(chunk, return_tensors="pt", padding=True, padding_side="left")
         ids = encoded["input_ids"].to(device)
         mask = encoded["attention_mask"].to(device)
-        positions = (mask.cumsum(-1) - 1).clamp_min(0)
-        cache = DynamicCache()
-        generated = torch.empty(len(chunk), 0, dtype=torch.long, device=device)
-        done = torch.zeros(len(chunk), dtype=torch.bool, device=device)
-        lengths = torch.zeros(len(chunk), dtype=torch.long, device=device)
-        step_ids = ids
-        for _ in range(int(limits.max())):
-            logits = model(
-                input_ids=step_ids,
-                attention_mask=mask,
-                position_ids=positions,
-                use_cache=True,
-                **{cache_arg: cache},
-                **keep,
-            ).logits[:, -1]
-            token = logits.argmax(dim=-1)
-            if eos is not None:
-                token = torch.where(done, torch.full_like(token, eos), token)
-            generated = torch.cat([generated, token[:, None]], dim=1)
-            lengths += (~done).long()  # a finished row's filler tokens do not count
-            if eos is not None:
-                done |= token == eos
-            done |= lengths >= limits
-            if stop_ids is not None:
-                done |= torch.isin(token, stop_ids)
-            elif stop is not None:
-                texts = tokenizer.batch_decode(generated, skip_special_tokens=True)
-                done |= torch.tensor([stop in t for t in texts], device=device)
-            if bool(done.all()):
-                break
-            step_ids = token[:, None]
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-            positions = positions[:, -1:] + 1
-        texts = tokenizer.batch_decode(
-            [row[:n] for row, n in zip(generated.tolist(), lengths.tolist(), strict=True)],
-            skip_special_tokens=True,
-        )
+        if lean is not None:
+            rows = _lean_rows(lean, ids, mask, limits, tokenizer.eos_token_id, stop_ids)
+        else:
+            rows = _framework_rows(model, tokenizer, ids, mask, limits, stop, stop_ids)
+        texts = tokenizer.batch_decode(rows, skip_special_tokens=True)
         out.extend(t.split(stop)[0] if stop else t for t in texts)
     return out
+
+
+def _lean_rows(
+    lean: Any,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    limits: torch.Tensor,
+    eos: int | None,
+    stop_ids: torch.Tensor | None,
+) -> list[list[int]]:
+    """Each row's tokens, through :class:`~cycleqd.generation.lean.LeanLlama`.
+
+    A row ends with its end-of-sequence or stop token or at its limit (that token kept, as in
+    :func:`_framework_rows`). Finished rows leave the batch in groups, a quarter of it at a
+    time, so that dropping them (a copy of the cache) costs less than computing them.
+    """
+    batch = ids.shape[0]
+    steps = int(limits.max())
+    generated = torch.zeros(batch, steps, dtype=torch.long, device=ids.device)
+    counts = torch.zeros(batch, dtype=torch.long, device=ids.device)
+    alive = torch.arange(batch, device=ids.device)  # original row of each row in the batch
+    running = torch.ones(batch, dtype=torch.bool, device=ids.device)  # per batch row
+    logits = lean.start(ids, mask, ids.shape[1] + steps)
+    for step in range(steps):
+        token = logits.argmax(dim=-1)
+        rows = alive[running]
+        generated[rows, counts[rows]] = token[running]
+        counts[rows] += 1
+        ended = counts[alive] >= limits[alive]
+        if eos is not None:
+            ended |= token == eos
+        if stop_ids is not None:
+            ended |= torch.isin(token, stop_ids)
+        running &= ~ended
+        still = int(running.sum())
+        if still == 0 or step == steps - 1:
+            break
+        if len(alive) - still >= max(8, len(alive) // 4):
+            kept = running.nonzero().squeeze(1)
+            lean.keep(kept)
+            alive, token, running = alive[kept], token[kept], running[kept]
+        logits = lean.step(token)
+    return [row[:n] for row, n in zip(generated.tolist(), counts.tolist(), strict=True)]
+
+
+def _framework_rows(
+    model: Any,
+    tokenizer: Any,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    limits: torch.Tensor,
+    stop: str | None,
+    stop_ids: torch.Tensor | None,
+) -> list[list[int]]:
+    """Each row's tokens, through the model's own forward and a ``DynamicCache``."""
+    from transformers import DynamicCache
+
+    device = ids.device
+    eos = tokenizer.eos_token_id
+    accepted = inspect.signature(model.forward).parameters
+    # transformers 5 renamed past_key_values to cache; older versions and other models differ
+    cache_arg = "cache" if "cache" in accepted else "past_key_values"
+    keep = {"logits_to_keep": 1} if "logits_to_keep" in accepted else {}
+    positions = (mask.cumsum(-1) - 1).clamp_min(0)
+    cache = DynamicCache()
+    batch = ids.shape[0]
+    generated = torch.empty(batch, 0, dtype=torch.long, device=device)
+    done = torch.zeros(batch, dtype=torch.bool, device=device)
+    lengths = torch.zeros(batch, dtype=torch.long, device=device)
+    step_ids = ids
+    for _ in range(int(limits.max())):
+        logits = model(
+            input_ids=step_ids,
+            attention_mask=mask,
+            position_ids=positions,
+            use_cache=True,
+            **{cache_arg: cache},
+            **keep,
+        ).logits[:, -1]
+        token = logits.argmax(dim=-1)
+        if eos is not None:
+            token = torch.where(done, torch.full_like(token, eos), token)
+        generated = torch.cat([generated, token[:, None]], dim=1)
+        lengths += (~done).long()  # a finished row's filler tokens do not count
+        if eos is not None:
+            done |= token == eos
+        done |= lengths >= limits
+        if stop_ids is not None:
+            done |= torch.isin(token, stop_ids)
+        elif stop is not None:
+            texts = tokenizer.batch_decode(generated, skip_special_tokens=True)
+            done |= torch.tensor([stop in t for t in texts], device=device)
+        if bool(done.all()):
+            break
+        step_ids = token[:, None]
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        positions = positions[:, -1:] + 1
+    return [row[:n] for row, n in zip(generated.tolist(), lengths.tolist(), strict=True)]

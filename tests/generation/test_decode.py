@@ -94,3 +94,59 @@ def test_tokenizer_round_trips_through_save_and_autotokenizer(tokenizer, tmp_pat
     assert loaded(text)["input_ids"] == tokenizer(text)["input_ids"]
     assert loaded.decode(loaded(text)["input_ids"]) == text
     assert loaded.pad_token == "<pad>" and loaded.eos_token == "<eos>"
+
+
+def test_the_lean_decoder_gives_the_tokens_of_the_models_own_forward(model, tokenizer):
+    """Many prompts of mixed length, per-prompt limits and a stop: rows finish at different
+    steps and leave the batch (compaction), the prompts are packed; completions are equal."""
+    from cycleqd.generation.lean import LeanLlama, supports
+
+    assert supports(model)
+    prompts = [p.prompt for s in SKILLS for p in generate(s, "val", 30)]
+    limits = [3 + i % 17 for i in range(len(prompts))]
+    lean = LeanLlama(model)
+    kwargs = {"max_new_tokens": limits, "stop": "e", "batch_size": 64}
+    ours = greedy_decode(model, tokenizer, prompts, engine=lean, **kwargs)
+    theirs = greedy_decode(model, tokenizer, prompts, engine="transformers", **kwargs)
+    assert ours == theirs
+    assert len({len(t) for t in ours}) > 3  # rows ended at different steps
+    # its work is counted (bench/decode.py's roofline): every call, prompts packed
+    assert lean.flops > 0 and lean.bytes_read > 0 and len(lean.calls) > 2
+
+
+def test_the_lean_decoder_follows_weights_changed_in_place(model, tokenizer):
+    prompts = [p.prompt for p in generate("code", "val", 6)]
+    before = greedy_decode(model, tokenizer, prompts, max_new_tokens=8, stop=None, engine="lean")
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    try:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.mul_(1.5)
+        lean = greedy_decode(model, tokenizer, prompts, max_new_tokens=8, stop=None, engine="lean")
+        own = greedy_decode(
+            model, tokenizer, prompts, max_new_tokens=8, stop=None, engine="transformers"
+        )
+    finally:
+        model.load_state_dict(saved)
+    assert lean == own and lean != before
+
+
+def test_models_the_lean_decoder_does_not_cover_decode_through_their_own_forward(tokenizer):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from cycleqd.generation.lean import supports
+
+    torch.manual_seed(0)
+    gpt2 = GPT2LMHeadModel(
+        GPT2Config(vocab_size=len(tokenizer), n_embd=16, n_layer=1, n_head=2, n_positions=64)
+    ).eval()
+    assert not supports(gpt2)
+    prompts = [p.prompt for p in generate("sql", "val", 3)]
+    auto = greedy_decode(gpt2, tokenizer, prompts, max_new_tokens=5, stop=None)
+    assert auto == greedy_decode(
+        gpt2, tokenizer, prompts, max_new_tokens=5, stop=None, engine="transformers"
+    )
+    with pytest.raises(ValueError, match="lean engine decodes plain float32 Llamas"):
+        greedy_decode(gpt2, tokenizer, prompts, max_new_tokens=5, stop=None, engine="lean")
+    with pytest.raises(ValueError, match="engine must be auto, lean or transformers"):
+        greedy_decode(gpt2, tokenizer, prompts, engine="fast")
