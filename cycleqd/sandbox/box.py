@@ -265,7 +265,7 @@ class Sandbox:
         if kind not in ("python", "sql", "shell"):
             raise CycleQDError(f"unknown sandbox kind {kind!r}; use python, sql or shell")
         problems = list(problems)
-        shares = min(len(self._all), len(problems) // 8)  # a big batch runs on every worker
+        shares = min(len(self._all), len(problems) // 2)  # a batch runs on every worker
         if shares > 1:
             chunks = [problems[i::shares] for i in range(shares)]
             with ThreadPoolExecutor(shares) as pool:

@@ -135,3 +135,42 @@ def test_memoised_verdicts_change_no_score_of_a_run(tmp_path, tinylm_micro):
     assert all(s.memo_lookups > 0 for s in scorers)
     assert sum(s.memo_hits for s in scorers) > 0  # children repeat answers: runs were saved
     assert all(s.memo is None for s in plain.evaluator.scorers.values())
+
+
+def test_the_execution_memo_gives_the_verdicts_of_running_every_answer(sandbox):
+    """Gold answers, repeated answers, one answer given to several problems, wrong ones: the
+    memo runs each distinct program once and every verdict equals the unmemoised one."""
+    from cycleqd.suite.skills.execution import ExecutionMemo, gold_outputs
+
+    for skill in SKILLS:
+        problems = generate(skill, "val", 10, seed=5)
+        gold = gold_outputs(sandbox, problems)
+        other = [p.gold for p in problems[1:]] + [problems[0].gold]  # another problem's gold
+        wrong = {"code": "xs[:1]", "sql": "SELECT 1", "shell": "echo 1"}[skill]
+        rounds = [
+            [p.gold for p in problems],
+            other,
+            [wrong] * 10,
+            [p.gold if i % 2 else wrong for i, p in enumerate(problems)],
+        ]
+        memo = ExecutionMemo()
+        for answers in rounds:
+            plain = score(sandbox, problems, answers, gold)
+            assert score(sandbox, problems, answers, gold, memo) == plain
+        assert memo.lookups == 40
+        # the first round is all gold (not run); "wrong" runs once per distinct key, the last
+        # round is known whole: most lookups were saved
+        assert memo.hits >= 40 - 10 - (10 if skill == "code" else 1)
+        assert any(rounds[1][i] != problems[i].gold for i in range(10))
+
+
+def test_a_prefix_split_is_the_first_requests_of_its_split():
+    scorer = SkillAccuracy(skill="sql", problems=12, search_problems=8)
+    assert scorer.split("search:3") == scorer.problems["search"][:3]
+    assert scorer.split("val:12") == scorer.problems["val"]
+    with pytest.raises(CycleQDError, match="no split 'dev:3'"):
+        scorer.split("dev:3")
+    with pytest.raises(CycleQDError, match="no split 'val:x'"):
+        scorer.split("val:x")
+    with pytest.raises(CycleQDError, match="decoder must be auto, lean or transformers"):
+        SkillAccuracy(skill="sql", decoder="vllm")

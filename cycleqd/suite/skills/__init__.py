@@ -17,7 +17,8 @@ Modules:
     fixtures: the SQL database and the shell fixture tree the programs run in.
     problems: the request templates per skill, the splits drawn from them (``generate``) and
         the prompt a model is given (``prompt_of``).
-    execution: running gold programs and answers in the sandbox, and comparing what they give.
+    execution: running gold programs and answers in the sandbox, and comparing what they give
+        (``ExecutionMemo``: each distinct program runs once).
     accuracy: the ``SkillAccuracy`` scorer (decoding and execution-checked accuracy).
 
 The names users and the scorer registry import from ``cycleqd.suite.skills`` are re-exported
@@ -27,7 +28,7 @@ here; the package's own modules import from the module that defines a name.
 from __future__ import annotations
 
 from cycleqd.suite.skills.accuracy import SkillAccuracy
-from cycleqd.suite.skills.execution import LIMITS, gold_outputs, score
+from cycleqd.suite.skills.execution import LIMITS, ExecutionMemo, gold_outputs, score
 from cycleqd.suite.skills.fixtures import (
     DEPARTMENTS,
     LEVELS,
@@ -41,6 +42,7 @@ from cycleqd.suite.skills.problems import SKILLS, SPLITS, Problem, capacity, gen
 
 __all__ = [
     "DEPARTMENTS",
+    "ExecutionMemo",
     "LEVELS",
     "LIMITS",
     "MODULES",

@@ -10,7 +10,7 @@ from cycleqd.models.context import ScoringContext
 from cycleqd.sandbox.box import shared_sandbox
 from cycleqd.scorers import TaskShape
 from cycleqd.stats import Score
-from cycleqd.suite.skills.execution import gold_outputs, score
+from cycleqd.suite.skills.execution import ExecutionMemo, gold_outputs, score
 from cycleqd.suite.skills.problems import generate, prompt_of
 
 __all__ = ["SkillAccuracy"]
@@ -36,9 +36,13 @@ class SkillAccuracy:
         seed: generates the problems.
         max_new_tokens: longest answer; default: the longest gold answer of the split (in the
             model's tokens) plus 4, so that a rambling child stops as soon as it must be wrong.
-        memoize: keep every verdict by (problem, answer) and never run an answer given to a
-            problem before (children of one run often give the same answers); scores are the
-            same either way. ``memo_hits`` / ``memo_lookups`` count how often it saved a run.
+        memoize: keep what every executed answer gave
+            (:class:`~cycleqd.suite.skills.execution.ExecutionMemo`) and never run an answer
+            whose output is known (children of one run often give the same answers); scores
+            are the same either way. ``memo_hits`` / ``memo_lookups`` count how often it saved
+            a run.
+        decoder: ``greedy_decode``'s engine: ``auto`` (the lean decoder for a plain Llama, the
+            same tokens faster), ``lean`` or ``transformers``.
 
     Raises:
         CycleQDError: more val or test problems than the skill's split holds distinct requests,
@@ -62,10 +66,15 @@ class SkillAccuracy:
         seed: int = 0,
         max_new_tokens: int | None = None,
         memoize: bool = True,
+        decoder: str = "auto",
     ) -> None:
+        if decoder not in ("auto", "lean", "transformers"):
+            raise CycleQDError(
+                f"skill_accuracy: decoder must be auto, lean or transformers, not {decoder!r}"
+            )
         self.skill, self.seed, self.max_new_tokens = skill, seed, max_new_tokens
-        self.memo: dict[tuple[str, ...], bool] | None = {} if memoize else None
-        self.memo_hits = self.memo_lookups = 0
+        self.decoder = decoder
+        self.memo = ExecutionMemo() if memoize else None
         if search_problems is not None and not 0 < search_problems <= problems:
             raise CycleQDError(
                 f"skill_accuracy: search_problems={search_problems} must be between 1 and "
@@ -82,9 +91,24 @@ class SkillAccuracy:
         self._answers: dict[str, tuple[Any, list[str]]] = {}
         self._limits: dict[str, int] = {}
 
+    def split(self, split: str) -> list[Any]:
+        """The problems of ``split``: ``val``, ``search``, ``test``, or ``name:n``.
+
+        ``name:n`` is the first ``n`` problems of ``name`` (racing's prefixes).
+        """
+        name, _, count = split.partition(":")
+        if name not in self.problems or (count and not count.isdigit()):
+            raise CycleQDError(
+                f"skill_accuracy has no split {split!r}: use val, search or test, or name:n "
+                "for the first n requests of one"
+            )
+        problems = self.problems[name]
+        return problems[: int(count)] if count else problems
+
     def _limit(self, tokenizer: Any, split: str) -> int:
         if self.max_new_tokens:
             return self.max_new_tokens
+        split = split.partition(":")[0]  # a prefix decodes as its split does: same answers
         if split not in self._limits:  # the golds do not change: tokenise them once
             golds = [" " + p.gold for p in self.problems[split]]
             self._limits[split] = 4 + max(len(ids) for ids in tokenizer(golds)["input_ids"])
@@ -110,42 +134,51 @@ class SkillAccuracy:
                 return cached[1]
         prompts, limits, owners = [], [], []
         for peer in peers:
-            problems = peer.problems[split]
+            problems = peer.split(split)
             prompts += [prompt_of(p.prompt) for p in problems]
             limits += [peer._limit(tokenizer, split)] * len(problems)
             owners += [peer] * len(problems)
-        answers = greedy_decode(model, tokenizer, prompts, max_new_tokens=limits, stop="\n")
+        answers = greedy_decode(
+            model, tokenizer, prompts, max_new_tokens=limits, stop="\n", engine=self.decoder
+        )
         for peer in peers:
             mine = [a for a, o in zip(answers, owners, strict=True) if o is peer]
             peer._answers[split] = (version, mine)
         return self._answers[split][1]
 
+    @property
+    def memo_hits(self) -> int:
+        """Answers whose output was known (not run) so far."""
+        return self.memo.hits if self.memo is not None else 0
+
+    @property
+    def memo_lookups(self) -> int:
+        """Answers looked up in the memo so far."""
+        return self.memo.lookups if self.memo is not None else 0
+
     takes_context = True
 
     def __call__(self, model: Any, split: str, context: ScoringContext | None = None) -> Score:
-        """Accuracy on ``split`` (``val``, ``search`` or ``test``), with each verdict."""
+        """Accuracy on ``split`` (``val``, ``search``, ``test`` or a prefix ``name:n``)."""
         if context is None or context.tokenizer is None:
             raise CycleQDError(
                 "SkillAccuracy needs the model's tokenizer in the scoring context (the base "
                 "directory's tokenizer files; by hand: pass ScoringContext(tokenizer=...))"
             )
-        problems = self.problems[split]
+        problems = self.split(split)
         answers = self._decode(model, context, split)
         sandbox = shared_sandbox()
-        if split not in self._gold:
-            self._gold[split] = gold_outputs(sandbox, problems)
-        before = len(self.memo) if self.memo is not None else 0
-        verdicts = score(
-            sandbox, problems, [a.strip() for a in answers], self._gold[split], self.memo
-        )
+        name = split.partition(":")[0]
+        if name not in self._gold:
+            self._gold[name] = gold_outputs(sandbox, self.problems[name])
+        gold = self._gold[name][: len(problems)]
+        hits = self.memo_hits
+        verdicts = score(sandbox, problems, [a.strip() for a in answers], gold, self.memo)
         if self.memo is not None:
-            hits = len(problems) - (len(self.memo) - before)
-            self.memo_lookups += len(problems)
-            self.memo_hits += hits
             log.info(
-                "skill_accuracy %s: %d of %d answers known (hit rate %.2f so far)",
+                "skill_accuracy %s: %d of %d answers' outputs known (hit rate %.2f so far)",
                 self.skill,
-                hits,
+                self.memo_hits - hits,
                 len(problems),
                 self.memo_hits / self.memo_lookups,
             )

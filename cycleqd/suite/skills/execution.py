@@ -9,7 +9,7 @@ from cycleqd.sandbox.box import Limits, Sandbox
 from cycleqd.suite.skills.fixtures import shell_fixture, sql_database
 from cycleqd.suite.skills.problems import SKILLS, Problem
 
-__all__ = ["LIMITS", "gold_outputs", "score", "verdict_key"]
+__all__ = ["LIMITS", "ExecutionMemo", "gold_outputs", "output_key", "score"]
 
 
 #: Every gold program finishes in milliseconds: an answer that runs for seconds is wrong anyway.
@@ -50,9 +50,41 @@ def gold_outputs(sandbox: Sandbox, problems: Sequence[Problem]) -> list[Any]:
     return outputs
 
 
-def verdict_key(problem: Problem, answer: str) -> tuple[str, str, str, str, str]:
-    """What a verdict depends on: the problem (request, gold program, cases) and the answer."""
-    return (problem.skill, problem.prompt, problem.gold, repr(problem.cases), answer)
+class ExecutionMemo:
+    """What answers gave when executed, by :func:`output_key`: each program runs once.
+
+    What an answer gives depends only on its skill, its text and (code) its test cases: every
+    problem of a skill runs against the same fixture tree or database, with no clock and no
+    network. So an answer given before, to this problem or to another, is not run again, and
+    neither is an answer that is its problem's gold program (the gold run was that execution).
+
+    Attributes:
+        outputs: output by key.
+        hits: answers whose output was known (not run).
+        lookups: answers looked up.
+    """
+
+    def __init__(self) -> None:
+        self.outputs: dict[tuple[str, str, str], Any] = {}
+        self.hits = self.lookups = 0
+
+
+def output_key(problem: Problem, answer: str) -> tuple[str, str, str]:
+    """What an answer's output depends on: its skill, its text and (code) the problem's cases."""
+    return (problem.skill, answer, repr(problem.cases) if problem.skill == "code" else "")
+
+
+def _verdict(problem: Problem, have: Any, want: Any) -> bool:
+    """Whether output ``have`` is the gold program's ``want`` (see :func:`score`)."""
+    if have is None or want is None:
+        return False
+    if problem.skill == "code":
+        return all(h.get("ok") for h in have) and have == want
+    if problem.skill == "sql":
+        ordered = "ORDER BY" in problem.gold.upper()
+        rows = (lambda r: r) if ordered else sorted
+        return rows(have["rows"]) == rows(want["rows"])
+    return have == want
 
 
 def score(
@@ -60,43 +92,42 @@ def score(
     problems: Sequence[Problem],
     answers: Sequence[str],
     gold: Sequence[Any] | None = None,
-    memo: dict[tuple[str, ...], bool] | None = None,
+    memo: ExecutionMemo | None = None,
 ) -> list[bool]:
     """Whether each answer, executed in ``sandbox``, behaves like its problem's gold program.
 
     ``code``: every case gives the gold value; ``sql``: the same rows (order-insensitive unless
     the gold query orders them); ``shell``: the same output. An answer that fails, times out or
     errors on any case is wrong. ``gold``: :func:`gold_outputs` of the problems, if known.
-    ``memo``: verdicts by :func:`verdict_key`, read and filled: an answer given to a problem
-    before is not run again (execution is deterministic: the same fixture, no clock, no network).
+    ``memo``: an :class:`ExecutionMemo`, read and filled; with one, an answer whose output is
+    known is not run, and answers with the same key in the batch run once. Verdicts are the
+    same with or without it.
     """
     gold = gold_outputs(sandbox, problems) if gold is None else gold
-    verdicts = [False] * len(problems)
-    keys = [verdict_key(p, a) for p, a in zip(problems, answers, strict=True)]
-    known = set()
+    have: list[Any] = [None] * len(problems)
+    keys = [output_key(p, a) for p, a in zip(problems, answers, strict=True)]
+    pending: dict[tuple[str, str, str], list[int]] = {}
+    for i, key in enumerate(keys):
+        if memo is None:
+            pending[(str(i), "", "")] = [i]  # every answer runs
+        elif answers[i] == problems[i].gold:
+            have[i] = gold[i]
+        elif key in memo.outputs:
+            have[i] = memo.outputs[key]
+        else:
+            pending.setdefault(key, []).append(i)
     if memo is not None:
-        for i, key in enumerate(keys):
-            if key in memo:
-                verdicts[i] = memo[key]
-                known.add(i)
+        memo.lookups += len(problems)
+        memo.hits += len(problems) - len(pending)
     for skill in SKILLS:
-        idx = [i for i, p in enumerate(problems) if p.skill == skill and i not in known]
-        if not idx:
+        runs = [(key, rows) for key, rows in pending.items() if problems[rows[0]].skill == skill]
+        if not runs:
             continue
-        subset = [problems[i] for i in idx]
-        got = _run(sandbox, skill, [answers[i] for i in idx], subset)
-        for i, problem, have in zip(idx, subset, got, strict=True):
-            want = gold[i]
-            if have is None or want is None:
-                continue
-            if skill == "code":
-                verdicts[i] = all(h.get("ok") for h in have) and have == want
-            elif skill == "sql":
-                ordered = "ORDER BY" in problem.gold.upper()
-                rows = (lambda r: r) if ordered else sorted
-                verdicts[i] = rows(have["rows"]) == rows(want["rows"])
-            else:
-                verdicts[i] = have == want
-    if memo is not None:
-        memo.update((keys[i], verdicts[i]) for i in range(len(problems)) if i not in known)
-    return verdicts
+        first = [rows[0] for _, rows in runs]
+        got = _run(sandbox, skill, [answers[i] for i in first], [problems[i] for i in first])
+        for (key, rows), out in zip(runs, got, strict=True):
+            for i in rows:
+                have[i] = out
+            if memo is not None:
+                memo.outputs[key] = out
+    return [_verdict(p, h, w) for p, h, w in zip(problems, have, gold, strict=True)]
