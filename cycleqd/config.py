@@ -108,6 +108,28 @@ class ModelsConfig(_Strict):
         return self
 
 
+class RacingConfig(_Strict):
+    """Racing (:mod:`cycleqd.engine.racing`): children scored on growing prefixes first.
+
+    Attributes:
+        enabled: race children (off by default: a stopped child might have entered after all;
+            ``bench/throughput.py`` measures how often).
+        stages: prefix sizes (requests per task) scored before the full search split.
+        z: the width of the bound that stops a child, in standard errors.
+    """
+
+    enabled: bool = False
+    stages: list[int] = Field(default_factory=lambda: [20, 40])
+    z: float = Field(2.0, gt=0)
+
+    @field_validator("stages")
+    @classmethod
+    def _increasing(cls, stages: list[int]) -> list[int]:
+        if not stages or any(n < 1 for n in stages) or stages != sorted(set(stages)):
+            raise ValueError(f"racing.stages must be increasing positive sizes, got {stages}")
+        return stages
+
+
 class EvolutionConfig(_Strict):
     """The cyclic MAP-Elites loop.
 
@@ -119,6 +141,7 @@ class EvolutionConfig(_Strict):
         crossover: crossover (``gaussian_task_arithmetic`` or a mergekit method).
         mutation: mutation (``svd_expert``, ``svd_child``, ``gaussian``, ``none``).
         cycle: cycle the active task (``false``: the ablation with fixed axes, task 0 only).
+        racing: score children on prefixes of the search split first (off by default).
     """
 
     generations: int = Field(100, ge=1)
@@ -128,6 +151,7 @@ class EvolutionConfig(_Strict):
     crossover: OperatorConfig = OperatorConfig(name="gaussian_task_arithmetic")
     mutation: OperatorConfig = OperatorConfig(name="svd_expert")
     cycle: bool = True
+    racing: RacingConfig = RacingConfig()
 
 
 class EvaluationConfig(_Strict):
@@ -284,6 +308,15 @@ class RunConfig(_Strict):
         clash = sorted({m.name for m in self.final.report} & set(self.task_names))
         if clash:
             raise ValueError(f"report metric name(s) {clash} are also task names; rename them")
+        return self
+
+    @model_validator(mode="after")
+    def _racing_in_generations(self) -> RunConfig:
+        if self.evolution.racing.enabled and self.evaluation.steady:
+            raise ValueError(
+                "evolution.racing needs the generational schedule: set "
+                "evaluation.schedule: generations"
+            )
         return self
 
     @property

@@ -70,6 +70,20 @@ def test_help_imports_no_heavy_library():
             lambda p: edit(p, lambda d: d["evolution"]["mutation"].update(name="svd")),
             r"unknown mutation 'svd'.*svd_expert",
         ),
+        (
+            lambda p: edit(
+                p,
+                lambda d: (
+                    d["evolution"].update(racing={"enabled": True}),
+                    d.update(evaluation={"schedule": "steady"}),
+                ),
+            ),
+            r"evolution.racing needs the generational schedule",
+        ),
+        (
+            lambda p: edit(p, lambda d: d["evolution"].update(racing={"stages": [40, 20]})),
+            r"racing.stages must be increasing positive sizes",
+        ),
     ],
 )
 def test_bad_config_is_explained_and_writes_nothing(config, tmp_path, mutate, message):

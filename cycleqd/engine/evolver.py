@@ -9,12 +9,8 @@ the base, the experts and the best task-arithmetic merge.
 All randomness comes from one generator whose state is checkpointed with the archives after every
 generation, so a run resumed after a crash ends exactly as an uninterrupted one.
 
-The steady-state schedule (``evaluation.schedule: steady``, the default on Ray) is asynchronous
-MAP-Elites: up to ``in_flight`` children are out at once; when one comes back it is offered to
-the archives and a new child is made from the current archives and dispatched. The active task
-advances per child made, so the K tasks still take turns. Every ``batch_size`` children that come
-back count as a generation (logged, checkpointed with the children still out, which a resumed run
-dispatches again).
+Asynchronous MAP-Elites (the default on Ray) is :mod:`cycleqd.engine.steady`; racing (children
+scored on prefixes first, ``evolution.racing``) is :mod:`cycleqd.engine.racing`.
 """
 
 from __future__ import annotations
@@ -30,13 +26,14 @@ from cycleqd.engine.archive import Archives, derive_ranges
 from cycleqd.engine.choice import Chooser
 from cycleqd.engine.final import baselines, final_model, score_report
 from cycleqd.engine.progress import GenerationReport, progress
+from cycleqd.engine.racing import score_children
 from cycleqd.engine.state import loop_state, restore_loop
 from cycleqd.engine.steady import SteadySchedule
 from cycleqd.engine.store import RunStore
 from cycleqd.errors import CycleQDError
 from cycleqd.evaluation.factory import run_evaluator
 from cycleqd.evaluation.protocol import SEARCH, Evaluator
-from cycleqd.models.sources import ModelSource, load_models
+from cycleqd.models.sources import load_models
 from cycleqd.operators import CROSSOVERS, MUTATIONS, SELECTIONS, MutationContext
 from cycleqd.weights.genome import Genome
 from cycleqd.weights.materialize import Materializer
@@ -67,7 +64,6 @@ class Evolver:
         self.tasks = config.task_names
         self.on_generation = on_generation
         config.check_names()
-        self.source: ModelSource
         self.source, self.space = load_models(config)
         self._owns_evaluator = evaluator is None
         self.evaluator = evaluator or run_evaluator(config, self.source, self.space)
@@ -81,7 +77,8 @@ class Evolver:
         self.rng = np.random.default_rng(config.seed)
         self.archives: Archives | None = None
         self.generation = 0
-        self.evaluations = 0
+        self.evaluations = self.requests = 0
+        self.search_sizes: list[int] = []  # requests per task in the search split (racing)
         # the final choice and the baselines' sweeps (on val, by final.objective)
         self.chooser = Chooser(self.evaluator, self.space, config.final.objective)
         self.expert_scores: list[list[float]] = []
@@ -143,6 +140,8 @@ class Evolver:
             bad = next(e for e in result.errors if e)
             raise ConfigError(f"an expert could not be scored ({bad}); fix the scorer or model")
         self.evaluations += len(experts)
+        self.requests += sum(len(v) for items in result.items for v in items.values())
+        self.search_sizes = [len(result.items[0].get(t, ())) for t in self.tasks]
         self.expert_scores = result.scores.tolist()
         derived = derive_ranges(result.scores)
         ranges = [t.bc_range or derived[j] for j, t in enumerate(self.cfg.tasks)]
@@ -172,16 +171,18 @@ class Evolver:
                 continue
             children.append(child)
             lineage.append(parents)
-        result = self.evaluator.evaluate(children, SEARCH) if children else None
-        self.evaluations += len(children)
-        outcomes = (
-            zip(children, result.scores, result.errors, lineage, strict=True) if result else ()
+        result, stopped, requests = score_children(
+            self.evaluator, children, self.archives, self.cfg.evolution.racing, self.search_sizes
         )
-        for child, scores, error, parents in outcomes:
+        self.evaluations, self.requests = self.evaluations + len(children), self.requests + requests
+        outcomes = zip(children, result.scores, result.errors, lineage, stopped, strict=True)
+        for child, scores, error, parents, stop in outcomes:
             record = {"event": "child", "generation": g, "active": self.tasks[k]}
-            self.log_and_insert(
-                record | {"genome": child.id, "parents": parents}, child, scores, error
-            )
+            record |= {"genome": child.id, "parents": parents}
+            if stop:  # raced out: it could not enter any archive, never offered
+                self.store.append("events.jsonl", record | self._outcome(scores, [], "stopped"))
+            else:
+                self.log_and_insert(record, child, scores, error)
         return self.close_generation(k, start)
 
     def make_child(self, k: int) -> tuple[Genome | None, list[str], str | None]:
@@ -211,10 +212,11 @@ class Evolver:
             record |= self._outcome(scores, entered)
         self.store.append("events.jsonl", record)
 
-    def _outcome(self, scores: Any, entered: list[int]) -> dict[str, Any]:
-        """A log record's scores by task and the archives a candidate entered."""
+    def _outcome(self, scores: Any, entered: list[int], event: str | None = None) -> dict[str, Any]:
+        """A log record's scores by task and the archives a candidate entered (and its event)."""
         named = dict(zip(self.tasks, scores.tolist(), strict=True))
-        return {"scores": named, "entered": [self.tasks[j] for j in entered]}
+        out = {"scores": named, "entered": [self.tasks[j] for j in entered]}
+        return out | ({"event": event} if event else {})
 
     def close_generation(self, k: int, start: float) -> GenerationReport:
         """Log retries and metrics, advance the generation, checkpoint, report progress."""
@@ -227,6 +229,7 @@ class Evolver:
             "generation": g,
             "active": self.tasks[k],
             "evaluations": self.evaluations,
+            "requests": self.requests,
             "archives": stats,
         }
         if self.evaluator.bytes_per_candidate is not None:  # what a distributed evaluator sends

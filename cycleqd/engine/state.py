@@ -25,6 +25,8 @@ def loop_state(evolver: Any, finished: bool = False) -> dict[str, Any]:
     state = {
         "generation": evolver.generation,
         "evaluations": evolver.evaluations,
+        "requests": evolver.requests,
+        "search_sizes": evolver.search_sizes,
         "rng": evolver.rng.bit_generator.state,
         "table": evolver.table,
         "expert_scores": evolver.expert_scores,
@@ -43,6 +45,8 @@ def restore_loop(evolver: Any, state: dict[str, Any]) -> None:
     evolver.store.rewind_logs(state["log_sizes"])
     evolver.generation = state["generation"]
     evolver.evaluations = state["evaluations"]
+    evolver.requests = state.get("requests", 0)  # older checkpoints did not count requests
+    evolver.search_sizes = state.get("search_sizes", [])
     evolver.rng.bit_generator.state = state["rng"]
     evolver.table = list(state["table"])
     evolver.expert_scores = state["expert_scores"]

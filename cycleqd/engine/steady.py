@@ -1,7 +1,8 @@
 """The steady-state schedule: asynchronous MAP-Elites over an evaluator's submit / collect.
 
 Up to ``evaluation.in_flight`` children are out at once; when one comes back it is offered to the
-archives and a new child is made from the current archives and dispatched. With
+archives and a new child is made from the current archives and dispatched; the active task
+advances per child made, and every ``batch_size`` children back count as a generation. With
 ``evaluation.ordered`` children are offered in the order they were made, so a run does not
 depend on when workers answer. What is out is part of the checkpoint: a resumed run sends it
 again.
