@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -14,6 +14,7 @@ from cycleqd.registry import Registry
 from cycleqd.weights.genome import Genome, LowRankTerm, NoiseTerm
 from cycleqd.weights.materialize import Materializer
 from cycleqd.weights.space import DEFAULT_SVD_EXCLUDE, WeightSpace
+from cycleqd.weights.terms import fold_lowrank
 
 __all__ = [
     "MUTATIONS",
@@ -126,7 +127,10 @@ class SvdChild:
     ``rank`` is kept as it is (not rescaled); the share of the task vector it holds — the
     relative reconstruction error of the truncated SVD — is recorded in the genome's provenance
     (``svd_child_error``) and obeys :func:`svd_child_error_bound`.
-    The child is materialised into ``ctx.materializer``'s state dict to be factored.
+    The child is materialised into ``ctx.materializer``'s state dict to be factored. The new
+    terms and those the child inherited are then folded into one term per matrix
+    (:func:`cycleqd.weights.terms.fold_lowrank`, exact up to float32 rounding), so a genome's
+    replay cost does not grow with its lineage.
 
     Args:
         rank: singular directions rescaled per matrix.
@@ -203,7 +207,7 @@ class SvdChild:
                         V[i].cpu().contiguous(),
                     )
                 )
-        return genome.with_terms(
+        child = genome.with_terms(
             lowrank=terms,
             mutation={
                 "op": "svd_child",
@@ -213,29 +217,50 @@ class SvdChild:
                 "svd_child_error": max(errors, default=0.0),
             },
         )
+        return replace(child, lowrank=fold_lowrank(child.lowrank, str(seed)))
+
+
+#: The first seed of the gaussian mutation's fixed noise basis.
+NOISE_BASIS_SEED = 0x5EED_0000
 
 
 @MUTATIONS.register("gaussian")
 class GaussianMutation:
-    """Isotropic Gaussian noise ``N(0, std²)`` on every floating tensor (the ablation baseline).
+    """Gaussian noise ``N(0, std²)`` on every floating tensor (the ablation baseline).
 
-    The noise is drawn from a recorded seed per tensor, so the genome stays small.
+    With ``basis = M > 0`` (default 8) the noise of tensor ``t`` is ``Σ_i c_i z_i`` over M fixed
+    standard-normal draws ``z_i`` (seeds ``NOISE_BASIS_SEED + i``, the same for every genome)
+    with fresh coefficients ``c_i ~ N(0, std² / M)`` per tensor: each element is ``N(0, std²)``
+    as before, and since terms of one seed add up, a genome holds at most M noise terms however
+    many mutations its lineage had, so its replay costs at most M draws. Each mutation moves
+    within the basis's M-dimensional subspace of each tensor. ``basis = 0``: a fresh seed per
+    mutation (isotropic; a lineage of n mutations replays n draws).
 
     Args:
         std: the noise's standard deviation, in weight units.
+        basis: size of the fixed noise basis (0: a fresh seed per mutation).
     """
 
-    def __init__(self, *, std: float = 0.01) -> None:
+    def __init__(self, *, std: float = 0.01, basis: int = 8) -> None:
         _check_rate("gaussian std", std)
-        self.std = std
+        if basis < 0:
+            raise CycleQDError(f"gaussian basis must be >= 0, got {basis}")
+        self.std, self.basis = std, basis
 
     def __call__(self, genome: Genome, ctx: MutationContext) -> Genome:
-        """``genome`` plus a seeded noise term."""
-        seed = int(ctx.rng.integers(2**62))
-        scale = torch.full((genome.num_tensors,), float(self.std))
+        """``genome`` plus seeded noise terms."""
+        if self.basis == 0:
+            seed = int(ctx.rng.integers(2**62))
+            scale = torch.full((genome.num_tensors,), float(self.std))
+            return genome.with_terms(
+                noise=[NoiseTerm(seed, scale)],
+                mutation={"op": "gaussian", "std": self.std, "seed": seed},
+            )
+        coefficients = ctx.rng.standard_normal((self.basis, genome.num_tensors))
+        scales = torch.from_numpy(coefficients * (self.std / math.sqrt(self.basis))).float()
         return genome.with_terms(
-            noise=[NoiseTerm(seed, scale)],
-            mutation={"op": "gaussian", "std": self.std, "seed": seed},
+            noise=[NoiseTerm(NOISE_BASIS_SEED + i, scales[i]) for i in range(self.basis)],
+            mutation={"op": "gaussian", "std": self.std, "basis": self.basis},
         )
 
 

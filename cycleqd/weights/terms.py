@@ -25,6 +25,7 @@ __all__ = [
     "SpectralKey",
     "decode_terms",
     "encode_terms",
+    "fold_lowrank",
     "scale_terms",
     "sum_terms",
 ]
@@ -115,6 +116,40 @@ def sum_terms(first: _HasTerms, others: Sequence[_HasTerms]) -> dict[str, Any]:
         "noise": tuple(NoiseTerm(s, scale) for s, scale in sorted(noise.items())),
         "lowrank": tuple(lowrank[k] for k in sorted(lowrank)),
     }
+
+
+def fold_lowrank(terms: Sequence[LowRankTerm], key: str) -> tuple[LowRankTerm, ...]:
+    """``terms`` summed into one term per tensor, keyed ``{key}:{tensor}``.
+
+    The sum ``Σ u_i diag(s_i) v_iᵀ`` of a tensor's terms is refactored exactly (up to float32
+    rounding): QR of the stacked ``u`` and ``v``, then the SVD of the small core; directions whose
+    singular value is zero to working precision are dropped. A lineage's terms therefore never
+    outnumber its tensors and their rank never exceeds a matrix's smaller side, so replaying a
+    genome costs the same however deep its lineage.
+    """
+    by_tensor: dict[int, list[LowRankTerm]] = {}
+    for term in terms:
+        by_tensor.setdefault(term.tensor, []).append(term)
+    out = []
+    for t in sorted(by_tensor):
+        group = by_tensor[t]
+        u = torch.cat([x.u.double() for x in group], dim=1)
+        v = torch.cat([x.v.double() for x in group], dim=1)
+        s = torch.cat([x.s.double() for x in group])
+        qu, ru = torch.linalg.qr(u)
+        qv, rv = torch.linalg.qr(v)
+        a, sigma, bt = torch.linalg.svd((ru * s) @ rv.T)
+        keep = int((sigma > sigma.max() * 1e-7 if len(sigma) else sigma > 0).sum())
+        out.append(
+            LowRankTerm(
+                f"{key}:{t}",
+                t,
+                (qu @ a[:, :keep]).float().contiguous(),
+                sigma[:keep].float(),
+                (qv @ bt[:keep].T).float().contiguous(),
+            )
+        )
+    return tuple(out)
 
 
 def encode_terms(g: _HasTerms, put: Callable[[torch.Tensor], str]) -> dict[str, Any]:

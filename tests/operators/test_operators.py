@@ -261,20 +261,73 @@ def test_svd_child_rescales_the_childs_top_spectrum(space):
     assert torch.equal(out["model.norm.weight"], parent_w["model.norm.weight"])
 
 
-def test_gaussian_mutation_replays_its_seeded_noise(space):
+@pytest.mark.parametrize("basis", [0, 8])
+def test_gaussian_mutation_replays_its_seeded_noise(space, basis):
     mat = Materializer(space)
     ctx = MutationContext(space, mat, 0, np.random.default_rng(9))
     parent = Genome.expert(space, 1)
-    child = MUTATIONS.build("gaussian", std=0.5)(parent, ctx)
-    assert len(child.noise) == 1
+    child = MUTATIONS.build("gaussian", std=0.5, basis=basis)(parent, ctx)
+    assert len(child.noise) == max(1, basis)
     a = {k: v.clone() for k, v in mat.materialize(child).items()}
     b = Materializer(space).materialize(Genome.from_bytes(child.to_bytes()))
     parent_w = Materializer(space).weights(parent)
     noise = torch.cat([(a[t] - parent_w[t]).flatten() for t in space.tensor_names])
-    assert abs(float(noise.std()) - 0.5) < 0.05
+    # one draw per tensor (basis 0) is N(0, 0.5²); on a basis, each tensor's scale is drawn too
+    assert abs(float(noise.std()) - 0.5) < (0.05 if basis == 0 else 0.15)
     for t in a:
         assert torch.equal(a[t], b[t])
     assert MUTATIONS.build("none")(parent, ctx) is parent
+
+
+def test_a_lineage_of_noise_on_a_fixed_basis_holds_at_most_basis_terms(space):
+    mat = Materializer(space)
+    ctx = MutationContext(space, mat, 0, np.random.default_rng(2))
+    crossover = CROSSOVERS.build("gaussian_task_arithmetic")
+    on_basis, fresh = MUTATIONS.build("gaussian", basis=4), MUTATIONS.build("gaussian", basis=0)
+    a = b = Genome.expert(space, 0)
+    for k in range(12):
+        other = Genome.expert(space, k % 3)
+        a = on_basis(crossover([a, other], ctx.rng, space), ctx)
+        b = fresh(crossover([b, other], ctx.rng, space), ctx)
+    assert len(a.noise) == 4  # replay: four draws, however deep the lineage
+    assert len(b.noise) == 12  # a fresh seed per mutation: one draw per ancestor
+
+
+def test_svd_child_folds_a_lineage_into_one_term_per_matrix(space):
+    mat = Materializer(space)
+    ctx = MutationContext(space, mat, 0, np.random.default_rng(5))
+    crossover = CROSSOVERS.build("gaussian_task_arithmetic")
+    mutation = SvdChild(rank=2, scale=0.3)
+    child = Genome.expert(space, 0)
+    for k in range(6):
+        child = mutation(crossover([child, Genome.expert(space, k % 3)], ctx.rng, space), ctx)
+        tensors = [t.tensor for t in child.lowrank]
+        assert len(tensors) == len(set(tensors))  # one term per matrix
+    for term in child.lowrank:
+        shape = space.shapes[space.tensor_names[term.tensor]]
+        assert term.u.shape[1] == term.s.numel() <= min(shape)
+
+
+def test_folding_low_rank_terms_keeps_their_sum():
+    from cycleqd.weights.terms import LowRankTerm, fold_lowrank
+
+    gen = torch.Generator().manual_seed(0)
+    terms = [
+        LowRankTerm(
+            f"k{i}",
+            t,
+            torch.randn(12, r, generator=gen),
+            torch.rand(r, generator=gen),
+            torch.randn(5, r, generator=gen),
+        )
+        for i, (t, r) in enumerate([(0, 3), (1, 2), (0, 4), (0, 2)])
+    ]
+    folded = fold_lowrank(terms, "f")
+    assert [t.key for t in folded] == ["f:0", "f:1"]
+    for f in folded:
+        want = sum(t.u @ torch.diag(t.s) @ t.v.T for t in terms if t.tensor == f.tensor)
+        torch.testing.assert_close(f.u @ torch.diag(f.s) @ f.v.T, want, atol=1e-5, rtol=1e-5)
+    assert folded[0].s.numel() == 5  # 9 directions summed, at most min(12, 5) independent
 
 
 # --- registries --------------------------------------------------------------------------------
