@@ -257,7 +257,11 @@ class RayEvaluator:
             self._queue.insert(0, job)
 
     def collect(self) -> list[Outcome]:
-        """Wait until at least one submitted candidate finished; return every finished one."""
+        """Wait until at least one submitted candidate finished; return every finished one.
+
+        One wait for the first result, then one that returns at once with every other call
+        finished by then: a steady loop with many workers gets all of them in one collect.
+        """
         import ray
         from ray.exceptions import RayActorError, RayError
 
@@ -269,7 +273,11 @@ class RayEvaluator:
             deadlines = [s.since + self.timeout_s for s in running.values() if self.timeout_s]
             deadlines += [s.started_at + self.start_timeout for s in waiting.values()]
             wait = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
-            ready, _ = ray.wait([*waiting, *running], num_returns=1, timeout=wait)
+            refs = [*waiting, *running]
+            ready, _ = ray.wait(refs, num_returns=1, timeout=wait)
+            if ready and len(refs) > 1:  # and every other call finished by now, in one wait
+                more, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+                ready = list(dict.fromkeys([*ready, *more]))
             for ref in ready:
                 if ref in waiting:
                     slot = waiting[ref]

@@ -83,6 +83,22 @@ def test_ray_workers_score_exactly_as_in_process_and_receive_only_genomes(setup)
     assert remote.bytes_per_candidate < 0.02 * weight_bytes  # a 36 KB MLP: overhead shows
 
 
+def test_one_collect_gathers_every_candidate_finished_by_then(setup):
+    import time
+
+    local, remote, _, genomes = setup
+    tickets = [remote.submit(g, "val") for g in genomes[:2]]
+    assert all(s.job is not None for s in remote.slots)  # one candidate on each worker
+    while not all(s.call is None or ray.wait([s.call], timeout=0)[0] for s in remote.slots):
+        time.sleep(0.05)  # both workers finished (their results wait on the driver)
+    outcomes = remote.collect()
+    assert sorted(o.ticket for o in outcomes) == sorted(tickets)  # both, in one collect
+    want = local.evaluate(genomes[:2], "val").scores
+    got = {o.ticket: o.scores for o in outcomes}
+    np.testing.assert_array_equal([got[t] for t in tickets], want)
+    assert remote.collect() == []
+
+
 def test_a_killed_worker_is_replaced_and_its_candidate_retried(setup):
     local, remote, _, genomes = setup
     ray.kill(remote.actors[0])  # dies before (or while) it takes the first candidate
