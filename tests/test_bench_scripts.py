@@ -18,7 +18,20 @@ from conftest import REPO
     [
         ("materialize.py", ["bandwidth_fraction", "vs_mergekit_mem", "vs_mergekit_disk"]),
         ("gpu.py", ["hbm_fraction", "vs_torch_ref", "vs_mergekit", "svd_mutation_s"]),
-        ("decode.py", ["decode_speedup"]),
+        ("decode.py", ["decode_speedup", "lean_speedup", "flop_roofline", "roofline"]),
+        (
+            "throughput.py",
+            [
+                "s_per_child_before",
+                "s_per_child_exact",
+                "speedup_exact",
+                "cache_hit",
+                "speedup_racing",
+                "raced_agreement",
+                "tokens_identical",
+            ],
+        ),
+        ("replay.py", ["replay_ratio_default"]),
         ("sandbox.py", ["python_s_per_100", "shell_s_per_100"]),
         (
             "stage.py",

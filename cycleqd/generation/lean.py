@@ -207,10 +207,10 @@ class LeanLlama:
             self.keys[i][:, :, at:end] = k
             self.values[i][:, :, at:end] = v
             keys, values = self.keys[i][:, :, :end], self.values[i][:, :, :end]
-            if groups > 1:
-                keys = keys.repeat_interleave(groups, dim=1)
-                values = values.repeat_interleave(groups, dim=1)
-            a = F.scaled_dot_product_attention(q, keys, values, attn_mask=allowed)
+            # grouped heads share their key and value heads inside the kernel (no copies)
+            a = F.scaled_dot_product_attention(
+                q, keys, values, attn_mask=allowed, enable_gqa=groups > 1
+            )
             a = a.transpose(1, 2).reshape(batch, length, -1)
             x += (a if real is None else a[real]) @ layer.o
             h = self._rms(x, layer.norm2)
