@@ -282,6 +282,11 @@ class CodePassAt1:
             with a ``test`` script: run it); default: the base inputs (pass@1 "base").
         check_gold: run each split's gold solutions once before the first score.
         on_gold_failure: ``error`` (default) or ``drop`` the problems whose gold fails.
+        memoize: keep each program's verdict by (problem, program) and never run a program
+            given to a problem before (children of one run often write the same code); only
+            for deterministic tests: a program whose verdict could change between runs (one
+            that reads the clock, or runs close to ``timeout_s``) keeps its first verdict.
+            ``memo_hits`` / ``memo_lookups`` count how often it saved a run.
     """
 
     @staticmethod
@@ -309,6 +314,7 @@ class CodePassAt1:
         plus_inputs: bool = False,
         check_gold: bool = True,
         on_gold_failure: str = "error",
+        memoize: bool = True,
     ) -> None:
         if limit is not None and limit < 1:
             raise CycleQDError(f"{WHAT}: limit must be >= 1, got {limit}")
@@ -325,6 +331,8 @@ class CodePassAt1:
         self.dropped: dict[str, list[str]] = {}
         self._checked: set[str] = set()
         self.limits = Limits(wall_s=timeout_s, cpu_s=math.ceil(timeout_s), memory_mb=1024)
+        self.memo: dict[tuple[str, str], bool] | None = {} if memoize else None
+        self.memo_hits = self.memo_lookups = 0
         self.system_prompt = system_prompt
         self.generation = GenerationSettings(
             backend=backend,
@@ -341,7 +349,26 @@ class CodePassAt1:
     def passed(self, problems: Sequence[CodeProblem], replies: Sequence[str]) -> list[bool]:
         """Whether each reply's program passes its problem's tests, run in the sandbox.
 
-        Each problem gets a marker of its own, drawn afresh (see :data:`RUNNER`).
+        With the memo, a program given to its problem before is not run again, and one given
+        twice in the batch runs once.
+        """
+        if self.memo is None:
+            return self._run(problems, replies)
+        keys = [(p.task_id, p.program(r)) for p, r in zip(problems, replies, strict=True)]
+        todo = {key: i for i, key in reversed(list(enumerate(keys))) if key not in self.memo}
+        firsts = sorted(todo.values())
+        ran = (
+            self._run([problems[i] for i in firsts], [replies[i] for i in firsts]) if firsts else []
+        )
+        self.memo.update((keys[i], ok) for i, ok in zip(firsts, ran, strict=True))
+        self.memo_lookups += len(keys)
+        self.memo_hits += len(keys) - len(firsts)
+        return [self.memo[key] for key in keys]
+
+    def _run(self, problems: Sequence[CodeProblem], replies: Sequence[str]) -> list[bool]:
+        """Run every reply's program in the sandbox; each problem gets a fresh marker.
+
+        (See :data:`RUNNER`.)
         """
         from cycleqd.sandbox.box import shared_sandbox
 
@@ -375,13 +402,13 @@ class CodePassAt1:
         golden = [p for p in problems if p.gold is not None]
         failing = [
             p
-            for p, ok in zip(golden, self.passed(golden, [p.gold for p in golden]), strict=True)
+            for p, ok in zip(golden, self._run(golden, [p.gold for p in golden]), strict=True)
             if not ok
         ]
         # once more: a gold that timed out on a loaded machine must not change the denominator
         failed = {
             p.task_id
-            for p, ok in zip(failing, self.passed(failing, [p.gold for p in failing]), strict=True)
+            for p, ok in zip(failing, self._run(failing, [p.gold for p in failing]), strict=True)
             if not ok
         }
         if failed and self.on_gold_failure == "error":

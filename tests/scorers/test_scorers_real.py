@@ -692,3 +692,25 @@ def test_the_papers_coding_task_renders_the_experts_format(tiny_lm, tiny_ctx):
     text = render_chat(tiny_ctx.tokenizer, messages, params["chat_template"])
     assert text.endswith("user instructions.\n\n@@ Instruction:\nWrite f.\n\n@@ Response:")
     assert params["stop"] == ["@@ Instruction", "@@ Response"]
+
+
+def test_a_program_given_to_its_problem_before_is_not_run_again(mbpp_file, monkeypatch):
+    scorer = CodePassAt1(val=str(mbpp_file), limit=3)
+    plain = CodePassAt1(val=str(mbpp_file), limit=3, memoize=False)
+    ran = []
+    original = CodePassAt1._run
+
+    def counting(self, problems, replies):
+        ran.append(len(problems))
+        return original(self, problems, replies)
+
+    monkeypatch.setattr(CodePassAt1, "_run", counting)
+    problems = scorer.problems["val"]
+    replies = [p.gold for p in problems]
+    replies[1] = "```python\ndef wrong():\n    return 1\n```"
+    first = scorer.passed(problems * 2, replies * 2)  # each program twice in one batch
+    assert ran == [3] and first == [True, False, True] * 2
+    assert scorer.passed(problems, replies) == first[:3] and ran == [3]  # all known
+    assert scorer.memo_hits == 6 and scorer.memo_lookups == 9
+    assert plain.passed(problems, replies) == first[:3] and ran == [3, 3]
+    assert plain.memo is None
