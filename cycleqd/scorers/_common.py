@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Sequence
@@ -13,7 +14,7 @@ from cycleqd.generation.backends import Backend, Message, backend_for
 from cycleqd.models.context import ScoringContext
 from cycleqd.scorers import TaskShape
 
-__all__ = ["GenerationSettings", "code_block", "read_records"]
+__all__ = ["GenerationSettings", "RunMemo", "code_block", "read_records"]
 
 SPLITS = ("val", "test")
 
@@ -174,3 +175,45 @@ def count_records(source: Any) -> int | None:
     if isinstance(source, str) and Path(source).expanduser().is_file():
         return len(read_records(source, what="cycleqd plan"))
     return None
+
+
+class RunMemo:
+    """Sandbox results by what ran: a run asked for before is not run again.
+
+    A run is its kind, the problem (its code and files: for a multi-turn episode, the script that
+    replays the whole transcript so far), the batch's files and the limits; runs with equal
+    inputs in one batch run once. For deterministic programs only: a run cut by a limit keeps
+    its first result, and a command that reads the clock keeps its first output.
+
+    Attributes:
+        hits: runs whose result was known.
+        lookups: runs asked for.
+    """
+
+    def __init__(self) -> None:
+        self.results: dict[str, Any] = {}
+        self.hits = self.lookups = 0
+
+    def run(
+        self,
+        sandbox: Any,
+        kind: str,
+        problems: Sequence[dict[str, Any]],
+        *,
+        files: dict[str, str] | None = None,
+        limits: Any = None,
+    ) -> list[Any]:
+        """``sandbox.run(kind, problems, files=..., limits=...)``; known runs from the memo."""
+        shared = json.dumps([kind, files, repr(limits)], sort_keys=True)
+        keys = [
+            hashlib.sha256((shared + json.dumps(p, sort_keys=True)).encode()).hexdigest()
+            for p in problems
+        ]
+        todo = {key: i for i, key in reversed(list(enumerate(keys))) if key not in self.results}
+        firsts = sorted(todo.values())
+        if firsts:
+            ran = sandbox.run(kind, [problems[i] for i in firsts], files=files, limits=limits)
+            self.results.update((keys[i], r) for i, r in zip(firsts, ran, strict=True))
+        self.lookups += len(keys)
+        self.hits += len(keys) - len(firsts)
+        return [self.results[key] for key in keys]

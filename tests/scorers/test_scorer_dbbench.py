@@ -330,3 +330,14 @@ def test_the_shipped_sample_loads_and_the_oracle_solves_it(mode):
     assert len(questions) >= 5 and {q.kind for q in questions} >= {"select", "insert", "update"}
     scorer, _ = scorer_with(path, oracle, mode=mode)
     assert scorer(None, "val") == 1.0
+
+
+def test_episodes_played_again_run_nothing_new_and_score_the_same(data):
+    scorer, _ = scorer_with(data, oracle, mode="multi")
+    assert scorer(None, "val") == 1.0
+    runs, asked = scorer.memo.lookups - scorer.memo.hits, scorer.memo.lookups
+    assert runs > 0
+    assert scorer(None, "val") == 1.0  # the same statements again: every run is known
+    assert scorer.memo.lookups > asked and scorer.memo.lookups - scorer.memo.hits == runs
+    plain, _ = scorer_with(data, oracle, mode="multi", memoize=False)
+    assert plain.memo is None and plain(None, "val") == 1.0

@@ -338,3 +338,16 @@ def test_shipped_sample_loads_and_the_oracle_solves_it():
     assert [e.passed for e in episodes] == [True] * len(tasks), [
         (e.task.id, e.messages[-2:]) for e in episodes if not e.passed
     ]
+
+
+def test_episodes_played_again_run_nothing_new_and_end_the_same(tasks_file):
+    scorer = OSInteraction(val=tasks_file, backend=Oracle(tasks_file), command_timeout_s=3)
+    first = scorer.play(None, "val")
+    runs = scorer.memo.lookups - scorer.memo.hits
+    assert runs > 0 and scorer.memo.hits == 0
+    again = scorer.play(None, "val")  # the same transcripts: every run is known
+    assert scorer.memo.lookups - scorer.memo.hits == runs and scorer.memo.hits == runs
+    assert [e.messages for e in again] == [e.messages for e in first]
+    assert [e.passed for e in again] == [e.passed for e in first] == [True] * 4
+    plain = OSInteraction(val=tasks_file, backend=Oracle(tasks_file), memoize=False)
+    assert plain.memo is None and [e.passed for e in plain.play(None, "val")] == [True] * 4

@@ -34,7 +34,7 @@ from cycleqd.errors import CycleQDError
 from cycleqd.models.context import ScoringContext
 from cycleqd.sandbox.box import Limits, SandboxResult
 from cycleqd.scorers import TaskShape
-from cycleqd.scorers._common import GenerationSettings, check_split, data_shape
+from cycleqd.scorers._common import GenerationSettings, RunMemo, check_split, data_shape
 from cycleqd.scorers.dbbench.conversation import (
     MULTI_INSTRUCTION,
     MULTI_QUESTION,
@@ -107,6 +107,10 @@ class DBBench:
             its own format).
         max_rows: the rows of a result the model sees (``multi``).
         timeout_s: a statement's time limit in the sandbox.
+        memoize: keep every sandbox run by what it ran (the question's database and the whole
+            episode's statements so far) and never run one again
+            (:class:`~cycleqd.scorers._common.RunMemo`: a run cut by a limit keeps its first
+            result).
     """
 
     @staticmethod
@@ -130,6 +134,7 @@ class DBBench:
         chat_template: str | None = None,
         max_rows: int = 50,
         timeout_s: float = 2.0,
+        memoize: bool = True,
     ) -> None:
         if mode not in ("single", "multi"):
             raise CycleQDError(f"{WHAT}: unknown mode {mode!r}; use single or multi")
@@ -145,6 +150,7 @@ class DBBench:
         }
         self.mode, self.max_turns, self.max_rows = mode, max_turns, max_rows
         self.timeout_s = timeout_s
+        self.memo = RunMemo() if memoize else None
         self.generation = GenerationSettings(
             backend=backend,
             backend_params=backend_params,
@@ -217,7 +223,11 @@ class DBBench:
             }
             for q, s, f, d in zip(questions, steps, fetch, digest, strict=True)
         ]
-        results = shared_sandbox().run("shell", problems, files={"run.py": RUNNER}, limits=limits)
+        sandbox, files = shared_sandbox(), {"run.py": RUNNER}
+        if self.memo is None:
+            results = sandbox.run("shell", problems, files=files, limits=limits)
+        else:
+            results = self.memo.run(sandbox, "shell", problems, files=files, limits=limits)
         return [_ran(r) for r in results]
 
     def gold(self, split: str) -> list[_Gold]:

@@ -25,7 +25,7 @@ from cycleqd.generation.backends import Backend, Message
 from cycleqd.models.context import ScoringContext
 from cycleqd.sandbox.box import Limits
 from cycleqd.scorers import TaskShape
-from cycleqd.scorers._common import GenerationSettings, check_split, data_shape
+from cycleqd.scorers._common import GenerationSettings, RunMemo, check_split, data_shape
 from cycleqd.scorers.os_interaction.episode import (
     _CHECK_CODE,
     _TURN_CODE,
@@ -61,6 +61,10 @@ class OSInteraction:
         chat_template: a Jinja chat template instead of the tokenizer's (an expert trained with
             its own format).
         command_timeout_s: seconds a command may run before it is stopped.
+        memoize: keep every sandbox run by what it ran (a turn: the task and the whole
+            transcript of commands so far; a check: the task, the commands and the answer) and
+            never run one again (:class:`~cycleqd.scorers._common.RunMemo`: for deterministic
+            commands; a run cut by a limit keeps its first result).
 
     Raises:
         CycleQDError: a bad parameter or data file (named, with the fix); bash missing.
@@ -86,6 +90,7 @@ class OSInteraction:
         max_new_tokens: int = 256,
         chat_template: str | None = None,
         command_timeout_s: float = 5.0,
+        memoize: bool = True,
     ) -> None:
         if limit is not None and limit < 1:
             raise CycleQDError(f"{WHAT}: limit must be >= 1 (or unset for every task), got {limit}")
@@ -103,6 +108,7 @@ class OSInteraction:
                 "with `apt-get install bash`"
             )
         self.max_turns, self.max_output = max_turns, max_output
+        self.memo = RunMemo() if memoize else None
         self.command_timeout_s = float(command_timeout_s)
         self.generation = GenerationSettings(
             backend=backend,
@@ -114,6 +120,11 @@ class OSInteraction:
             "val": load_tasks(val, limit=limit),
             "test": load_tasks(test if test is not None else val, limit=limit),
         }
+
+    def _run(self, sandbox: Any, problems: list[dict[str, Any]], limits: Limits) -> list[Any]:
+        if self.memo is None:
+            return sandbox.run("shell", problems, limits=limits)
+        return self.memo.run(sandbox, "shell", problems, limits=limits)
 
     def _limits(self, scripts: int) -> Limits:
         """Limits of a run that executes ``scripts`` commands (replays, init, the new one)."""
@@ -167,7 +178,7 @@ class OSInteraction:
                 for e, command in runs
             ]
             scripts = 3 + max(len(e.commands) for e, _ in runs)
-            results = sandbox.run("shell", problems, limits=self._limits(scripts))
+            results = self._run(sandbox, problems, self._limits(scripts))
             for (episode, command), result in zip(runs, results, strict=True):
                 text, stopped = observation(result, self.max_output, self.command_timeout_s)
                 if not stopped:
@@ -206,7 +217,7 @@ class OSInteraction:
             for e in checks
         ]
         scripts = 3 + max(len(e.commands) for e in checks)
-        results = sandbox.run("shell", problems, limits=self._limits(scripts))
+        results = self._run(sandbox, problems, self._limits(scripts))
         for episode, result in zip(checks, results, strict=True):
             episode.passed = result.ok
 
