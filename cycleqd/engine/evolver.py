@@ -141,7 +141,7 @@ class Evolver:
             raise ConfigError(f"an expert could not be scored ({bad}); fix the scorer or model")
         self.evaluations += len(experts)
         self.requests += sum(len(v) for items in result.items for v in items.values())
-        self.search_sizes = [len(result.items[0].get(t, ())) for t in self.tasks]
+        self.search_sizes = [len((result.items or [{}])[0].get(t, ())) for t in self.tasks]
         self.expert_scores = result.scores.tolist()
         derived = derive_ranges(result.scores)
         ranges = [t.bc_range or derived[j] for j, t in enumerate(self.cfg.tasks)]

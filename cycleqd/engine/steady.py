@@ -94,6 +94,7 @@ class SteadySchedule:
             ready = [oldest] if oldest in back else [] if ordered else sorted(back)[:1]
             if ready:
                 outcome = back.pop(ready[0])
+                ev.requests += sum(len(v) for v in outcome.items.values())
                 self._offer(ready[0], outcome.scores, outcome.error)
                 continue
             for outcome in ev.evaluator.collect():

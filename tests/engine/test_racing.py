@@ -100,12 +100,15 @@ def test_score_children_without_racing_is_one_full_evaluation():
     assert raced[1] == [True] and raced[2] == 3 * 10
 
 
-@pytest.mark.parametrize("racing", [False, True])
-def test_a_run_counts_the_requests_it_scored(tmp_path, tinylm_micro, racing):
+@pytest.mark.parametrize(
+    ("racing", "schedule"), [(False, "generations"), (True, "generations"), (False, "steady")]
+)
+def test_a_run_counts_the_requests_it_scored(tmp_path, tinylm_micro, racing, schedule):
     path = tiny_quickstart_yaml(
         tmp_path / "q.yaml",
         tinylm_micro[0],
         problems=8,
+        evaluation={"schedule": schedule},
         generations=4,
         batch_size=3,
         racing={"enabled": racing, "stages": [2]},
