@@ -26,8 +26,8 @@ from cycleqd.weights.materialize import Materializer
 
 MUTATIONS_TIMED = {
     "svd_expert": {"rate": 0.1},
+    "gaussian (basis 8)": {"std": 0.002, "basis": 8},
     "gaussian": {"std": 0.002},
-    "gaussian (basis 0)": {"std": 0.002, "basis": 0},
     "svd_child": {"rank": 16, "scale": 0.1},
 }
 

@@ -8,8 +8,9 @@ the quickstart's 450, so that their cost stands for the run's average (earlier c
 fewer answers known, later ones more). They are scored on the search split three ways:
 
 * ``before``: ``transformers``' forward for decoding, every answer executed in the sandbox;
-* ``exact``: the lean decoder (:mod:`cycleqd.generation.lean`) and verdicts memoised by
-  (problem, answer); must give the same tokens and the same scores (asserted);
+* ``exact``: the lean decoder (:mod:`cycleqd.generation.lean`) and the execution memo (what
+  each distinct answer gave, :class:`cycleqd.suite.skills.execution.ExecutionMemo`); must give
+  the same tokens and the same scores (asserted);
 * ``racing``: ``exact`` plus racing (:mod:`cycleqd.engine.racing`): a child is scored on growing
   prefixes of the search split and stopped once it cannot enter any archive.
 

@@ -97,8 +97,8 @@ class Racer:
                 counts = [len(items.get(t, ())) for t in archives.tasks]
                 spent[i] += sum(counts)
                 error = result.errors[row] if result.errors else None
-                if error is not None or not all(counts):
-                    # a failure, or a scorer without per-request results: score in full
+                if error is not None or counts != [min(n, size) for size in self.sizes]:
+                    # a failure, or a scorer that did not score the prefix: score in full
                     still.append(i)
                     continue
                 low, high = self.bounds(items, archives.tasks)

@@ -115,7 +115,7 @@ def greedy_decode(
         encoded = tokenizer(chunk, return_tensors="pt", padding=True, padding_side="left")
         ids = encoded["input_ids"].to(device)
         mask = encoded["attention_mask"].to(device)
-        if lean is not None:
+        if lean is not None and bool(mask.sum(-1).all()):  # (an empty prompt: its own forward)
             rows = _lean_rows(lean, ids, mask, limits, tokenizer.eos_token_id, stop_ids)
         else:
             rows = _framework_rows(model, tokenizer, ids, mask, limits, stop, stop_ids)

@@ -228,20 +228,21 @@ NOISE_BASIS_SEED = 0x5EED_0000
 class GaussianMutation:
     """Gaussian noise ``N(0, std²)`` on every floating tensor (the ablation baseline).
 
-    With ``basis = M > 0`` (default 8) the noise of tensor ``t`` is ``Σ_i c_i z_i`` over M fixed
+    With ``basis = M > 0`` the noise of tensor ``t`` is ``Σ_i c_i z_i`` over M fixed
     standard-normal draws ``z_i`` (seeds ``NOISE_BASIS_SEED + i``, the same for every genome)
     with fresh coefficients ``c_i ~ N(0, std² / M)`` per tensor: each element is ``N(0, std²)``
     as before, and since terms of one seed add up, a genome holds at most M noise terms however
     many mutations its lineage had, so its replay costs at most M draws. Each mutation moves
     within the basis's M-dimensional subspace of each tensor. ``basis = 0``: a fresh seed per
-    mutation (isotropic; a lineage of n mutations replays n draws).
+    mutation (the default: isotropic; a lineage of n mutations replays n draws).
 
     Args:
         std: the noise's standard deviation, in weight units.
-        basis: size of the fixed noise basis (0: a fresh seed per mutation).
+        basis: size of the fixed noise basis (0, the default: a fresh seed per mutation; 8
+            keeps a lineage's replay to 8 draws).
     """
 
-    def __init__(self, *, std: float = 0.01, basis: int = 8) -> None:
+    def __init__(self, *, std: float = 0.01, basis: int = 0) -> None:
         _check_rate("gaussian std", std)
         if basis < 0:
             raise CycleQDError(f"gaussian basis must be >= 0, got {basis}")

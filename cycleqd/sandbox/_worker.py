@@ -16,6 +16,7 @@ and the worker answers ``{"i", "secret", "result"}``. Standard library only (``/
 """
 
 import ctypes
+import hashlib
 import json
 import os
 import resource
@@ -109,21 +110,15 @@ def probe():
     return None if os.waitstatus_to_exitcode(status) == 0 else (message or "exit status")
 
 
-def others():
-    """The processes of the worker's namespace but its init (1) and the worker."""
-    me = os.getpid()
-    return [int(n) for n in os.listdir("/proc") if n.isdigit() and int(n) not in (1, me)]
-
-
 def sweep():
     """Kill every other process of the worker's namespace and wait until they are gone.
 
     A problem's init is among them, and the kernel kills every process of its namespace with
     it; nothing a problem started survives, and nothing of it runs once this returns.
     """
-    deadline = time.monotonic() + 5.0
-    while True:
-        left = others()
+    deadline, me = time.monotonic() + 5.0, os.getpid()
+    while True:  # every process of the namespace but its init (1) and the worker
+        left = [int(n) for n in os.listdir("/proc") if n.isdigit() and int(n) not in (1, me)]
         for pid in left:
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -215,15 +210,16 @@ def write_files(root, files, encoding):
             fh.write(content.encode(encoding, "replace"))
 
 
-SNAPSHOT = BUILT = None  # FIXTURE read back: (path, stat, bytes or None: a folder); its source
+SNAPSHOT = BUILT = None  # FIXTURE read back for shell (path, stat, bytes or None); its key
 
 
 def build_fixture(request):
     """The request's files and database in FIXTURE; kept while requests bring the same ones."""
     global SNAPSHOT, BUILT
-    if BUILT == (request.get("files"), request.get("sqlite")):
+    key = hashlib.sha256(json.dumps([request.get(k) for k in ("kind", "files", "sqlite")]).encode())
+    if BUILT == key.digest():
         return
-    BUILT = None
+    BUILT = SNAPSHOT = None
     shutil.rmtree(FIXTURE, ignore_errors=True)
     os.makedirs(FIXTURE)
     write_files(FIXTURE, request.get("files", {}), "latin-1")
@@ -231,8 +227,9 @@ def build_fixture(request):
         with sqlite3.connect(f"{FIXTURE}/db.sqlite") as db:
             db.executescript(request["sqlite"])
         db.close()
+    walk = os.walk(FIXTURE) if request["kind"] == "shell" else ()  # shell problems copy it
     SNAPSHOT = [(".", os.lstat(FIXTURE), None)]
-    for here, dirs, names in os.walk(FIXTURE):
+    for here, dirs, names in walk:
         for path in (os.path.join(here, name) for name in dirs + names):
             st, rel = os.lstat(path), os.path.relpath(path, FIXTURE)
             regular = stat.S_ISREG(st.st_mode)
@@ -240,7 +237,7 @@ def build_fixture(request):
                 SNAPSHOT = None  # a link: copytree copies it
                 return
             SNAPSHOT.append((rel, st, Path(path).read_bytes() if regular else None))
-    BUILT = (request.get("files"), request.get("sqlite"))
+    BUILT = key.digest()
 
 
 def copy_fixture(target):

@@ -124,6 +124,15 @@ class SandboxResult:
         """Exited 0 within its limits."""
         return self.error is None and self.returncode == 0
 
+    @property
+    def settled(self) -> bool:
+        """Whether this is the program's own outcome: it ended, or met one of its limits.
+
+        Not so for a sandbox failure (a stalled, dead or forging worker, a sandbox error), which
+        another run may not repeat: memos keep settled results only.
+        """
+        return self.error in (None, "timeout", "output limit", "memory limit")
+
     def json(self) -> Any:
         """Its stdout parsed as JSON (``None`` if it failed or is not JSON)."""
         if not self.ok:

@@ -182,8 +182,9 @@ class RunMemo:
 
     A run is its kind, the problem (its code and files: for a multi-turn episode, the script that
     replays the whole transcript so far), the batch's files and the limits; runs with equal
-    inputs in one batch run once. For deterministic programs only: a run cut by a limit keeps
-    its first result, and a command that reads the clock keeps its first output.
+    inputs in one batch run once. For deterministic programs only: a run cut by its own limit
+    keeps its first result, and a command that reads the clock keeps its first output; a run the
+    sandbox failed (``SandboxResult.settled`` false) is not kept.
 
     Attributes:
         hits: runs whose result was known.
@@ -211,9 +212,13 @@ class RunMemo:
         ]
         todo = {key: i for i, key in reversed(list(enumerate(keys))) if key not in self.results}
         firsts = sorted(todo.values())
+        known = dict.fromkeys(keys)
         if firsts:
             ran = sandbox.run(kind, [problems[i] for i in firsts], files=files, limits=limits)
-            self.results.update((keys[i], r) for i, r in zip(firsts, ran, strict=True))
+            for i, result in zip(firsts, ran, strict=True):
+                known[keys[i]] = result
+                if result.settled:  # a sandbox failure is not the run's result: not kept
+                    self.results[keys[i]] = result
         self.lookups += len(keys)
         self.hits += len(keys) - len(firsts)
-        return [self.results[key] for key in keys]
+        return [self.results.get(key, known[key]) for key in keys]

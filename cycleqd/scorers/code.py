@@ -282,11 +282,9 @@ class CodePassAt1:
             with a ``test`` script: run it); default: the base inputs (pass@1 "base").
         check_gold: run each split's gold solutions once before the first score.
         on_gold_failure: ``error`` (default) or ``drop`` the problems whose gold fails.
-        memoize: keep each program's verdict by (problem, program) and never run a program
-            given to a problem before (children of one run often write the same code); only
-            for deterministic tests: a program whose verdict could change between runs (one
-            that reads the clock, or runs close to ``timeout_s``) keeps its first verdict.
-            ``memo_hits`` / ``memo_lookups`` count how often it saved a run.
+        memoize: keep each program's verdict by (problem, program), never running one twice
+            (for deterministic tests: one that reads the clock or runs near ``timeout_s`` keeps
+            its first verdict); ``memo_hits`` / ``memo_lookups`` count the runs saved.
     """
 
     @staticmethod
@@ -353,24 +351,34 @@ class CodePassAt1:
         twice in the batch runs once.
         """
         if self.memo is None:
-            return self._run(problems, replies)
+            return [ok for ok, _ in self._run(problems, replies)]
         keys = [(p.task_id, p.program(r)) for p, r in zip(problems, replies, strict=True)]
-        todo = {key: i for i, key in reversed(list(enumerate(keys))) if key not in self.memo}
+        known = dict(self.memo)
+        todo = {key: i for i, key in reversed(list(enumerate(keys))) if key not in known}
         firsts = sorted(todo.values())
         ran = (
             self._run([problems[i] for i in firsts], [replies[i] for i in firsts]) if firsts else []
         )
-        self.memo.update((keys[i], ok) for i, ok in zip(firsts, ran, strict=True))
+        for i, (ok, settled) in zip(firsts, ran, strict=True):
+            known[keys[i]] = ok
+            if settled:  # a sandbox failure is not the program's verdict: not kept
+                self.memo[keys[i]] = ok
         self.memo_lookups += len(keys)
         self.memo_hits += len(keys) - len(firsts)
-        return [self.memo[key] for key in keys]
+        return [known[key] for key in keys]
 
-    def _run(self, problems: Sequence[CodeProblem], replies: Sequence[str]) -> list[bool]:
-        """Run every reply's program in the sandbox; each problem gets a fresh marker.
+    def _run(
+        self, problems: Sequence[CodeProblem], replies: Sequence[str]
+    ) -> list[tuple[bool, bool]]:
+        """Each reply's program run in the sandbox: whether it passed, and whether it settled.
 
-        (See :data:`RUNNER`.)
+        Each problem gets a fresh marker (see :data:`RUNNER`); a result that is a sandbox
+        failure is not settled (``SandboxResult.settled``).
         """
         from cycleqd.sandbox.box import shared_sandbox
+
+        if not problems:
+            return []
 
         markers = [f"cycleqd-passed-{secrets.token_hex(16)}" for _ in problems]
         results = shared_sandbox().run(
@@ -384,7 +392,10 @@ class CodePassAt1:
             ],
             limits=self.limits,
         )
-        return [r.ok and m in r.stdout.splitlines() for r, m in zip(results, markers, strict=True)]
+        return [
+            (r.ok and m in r.stdout.splitlines(), r.settled)
+            for r, m in zip(results, markers, strict=True)
+        ]
 
     def checked(self, split: str) -> list[CodeProblem]:
         """The split's problems, their gold solutions checked in the sandbox on first use.
@@ -402,13 +413,15 @@ class CodePassAt1:
         golden = [p for p in problems if p.gold is not None]
         failing = [
             p
-            for p, ok in zip(golden, self._run(golden, [p.gold for p in golden]), strict=True)
+            for p, (ok, _) in zip(golden, self._run(golden, [p.gold for p in golden]), strict=True)
             if not ok
         ]
         # once more: a gold that timed out on a loaded machine must not change the denominator
         failed = {
             p.task_id
-            for p, ok in zip(failing, self._run(failing, [p.gold for p in failing]), strict=True)
+            for p, (ok, _) in zip(
+                failing, self._run(failing, [p.gold for p in failing]), strict=True
+            )
             if not ok
         }
         if failed and self.on_gold_failure == "error":

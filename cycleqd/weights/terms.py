@@ -139,7 +139,11 @@ def fold_lowrank(terms: Sequence[LowRankTerm], key: str) -> tuple[LowRankTerm, .
         qu, ru = torch.linalg.qr(u)
         qv, rv = torch.linalg.qr(v)
         a, sigma, bt = torch.linalg.svd((ru * s) @ rv.T)
-        keep = int((sigma > sigma.max() * 1e-7 if len(sigma) else sigma > 0).sum())
+        # zero to working precision against the terms' own size (terms that cancel leave none)
+        size = sum(float((x.s.abs() * x.u.norm(dim=0) * x.v.norm(dim=0)).sum()) for x in group)
+        keep = int((sigma > size * 1e-7).sum())
+        if keep == 0:
+            continue
         out.append(
             LowRankTerm(
                 f"{key}:{t}",

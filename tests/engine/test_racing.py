@@ -75,6 +75,15 @@ def test_a_child_that_cannot_enter_stops_and_one_that_may_is_scored_in_full():
     assert [split for _, split in evaluator.calls[:3]] == ["search:10", "search:20", SEARCH]
 
 
+def test_a_scorer_that_does_not_score_the_prefix_gets_the_child_scored_in_full():
+    class Whole(Scripted):
+        def evaluate(self, genomes, split=SEARCH):
+            return super().evaluate(genomes, SEARCH)  # ignores the prefix: every request
+
+    racer = Racer(Whole({"weak": [0.2, 0.2, 0.2]}), [SIZE] * 3, stages=[10])
+    assert racer.race(["weak"], filled_archives(0.9))[0].may_enter
+
+
 def test_an_empty_cell_keeps_any_child_in_the_race():
     archives = Archives(tasks=TASKS, bins=4, ranges=[(0.0, 1.0)] * 3)
     archives.insert(0, np.array([0.9, 0.9, 0.9]))

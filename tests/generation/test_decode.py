@@ -150,3 +150,11 @@ def test_models_the_lean_decoder_does_not_cover_decode_through_their_own_forward
         greedy_decode(gpt2, tokenizer, prompts, max_new_tokens=5, stop=None, engine="lean")
     with pytest.raises(ValueError, match="engine must be auto, lean or transformers"):
         greedy_decode(gpt2, tokenizer, prompts, engine="fast")
+
+
+def test_an_empty_prompt_decodes_as_through_the_models_own_forward(model, tokenizer):
+    prompts = ["", "SELECT", "ls -la"]
+    auto = greedy_decode(model, tokenizer, prompts, max_new_tokens=6, stop=None)
+    assert auto == greedy_decode(
+        model, tokenizer, prompts, max_new_tokens=6, stop=None, engine="transformers"
+    )

@@ -328,6 +328,9 @@ def test_folding_low_rank_terms_keeps_their_sum():
         want = sum(t.u @ torch.diag(t.s) @ t.v.T for t in terms if t.tensor == f.tensor)
         torch.testing.assert_close(f.u @ torch.diag(f.s) @ f.v.T, want, atol=1e-5, rtol=1e-5)
     assert folded[0].s.numel() == 5  # 9 directions summed, at most min(12, 5) independent
+    u, s, v = terms[0].u, terms[0].s, terms[0].v
+    cancelled = [LowRankTerm("a", 0, u, s, v), LowRankTerm("b", 0, u, -s, v)]
+    assert fold_lowrank(cancelled, "f") == ()  # nothing left of terms that cancel
 
 
 # --- registries --------------------------------------------------------------------------------

@@ -255,19 +255,22 @@ def test_nothing_a_problem_writes_outlives_it():
         assert "secret" not in second.stdout and "No such file" in second.stdout
 
 
-def test_each_shell_problem_gets_a_fresh_copy_of_the_fixture_as_it_was_built(sandbox):
+def test_each_shell_problem_gets_a_fresh_copy_of_the_fixture_as_it_was_built():
     """The per-problem copy keeps the fixture's bytes, modes and times; what a problem changes
-    (contents, times, modes, new files) never reaches the next one; a request with other files
-    gets those files, a request with the same files the same fixture."""
+    (contents, times, modes, new files) never reaches the next problem nor the next request on
+    the same worker (which keeps the fixture); a request with other files gets those files."""
     files = {"a/x.txt": "one\n", "a/b/y.txt": "two\n", "z.txt": "three\n"}
     probe = "stat -c '%n %a %s %Y' z.txt a a/x.txt a/b a/b/y.txt; cat a/x.txt"
     vandal = "echo gone > a/x.txt; touch -d 2001-01-01 z.txt; chmod 700 a; echo new > a/n.txt"
-    problems = [{"code": probe}, {"code": vandal}, {"code": probe}, {"code": "ls a"}]
-    first = sandbox.run("shell", problems, files=files)
-    assert all(r.ok for r in first), [r.stderr for r in first]
-    assert first[0].stdout == first[2].stdout  # the vandal's changes did not reach problem 3
-    assert first[0].stdout.endswith("one\n") and first[3].stdout == "b\nx.txt\n"
-    again = sandbox.run("shell", [{"code": probe}], files=files)[0]
-    other = sandbox.run("shell", [{"code": "cat a/x.txt; ls"}], files={"a/x.txt": "other\n"})[0]
-    assert other.stdout == "other\na\n"  # not the previous request's fixture
-    assert again.stdout.endswith("one\n")
+    with Sandbox(workers=1) as box:  # one worker: every problem and request meets its fixture
+        first = box.run("shell", [{"code": probe}, {"code": vandal}, {"code": probe}], files=files)
+        assert all(r.ok for r in first), [r.stderr for r in first]
+        assert first[0].stdout == first[2].stdout and first[0].stdout.endswith("one\n")
+        again = box.run("shell", [{"code": probe}, {"code": "ls a"}], files=files)
+        assert again[0].stdout == first[0].stdout  # the kept fixture, untouched, same times
+        assert again[1].stdout == "b\nx.txt\n"
+        other = box.run("shell", [{"code": "cat a/x.txt; ls"}], files={"a/x.txt": "other\n"})
+        assert other[0].stdout == "other\na\n"  # not the previous request's fixture
+        python = box.run("python", [{"code": "1", "cases": [{}]}], files=files)
+        shell = box.run("shell", [{"code": "cat a/x.txt"}], files=files)
+        assert python[0].ok and shell[0].stdout == "one\n"  # a kind switch rebuilds it

@@ -18,23 +18,24 @@ LIMITS = Limits(wall_s=2.0, cpu_s=2)
 
 def _run(
     sandbox: Sandbox, skill: str, programs: Sequence[str], problems: Sequence[Problem]
-) -> list[Any]:
+) -> list[tuple[Any, bool]]:
+    """What each program gave, and whether that is its own outcome (``SandboxResult.settled``)."""
     if skill == "code":
         results = sandbox.run(
             "python",
             [{"code": p, "cases": list(q.cases)} for p, q in zip(programs, problems, strict=True)],
             limits=LIMITS,
         )
-        return [r.json() for r in results]
+        return [(r.json(), r.settled) for r in results]
     if skill == "sql":
         results = sandbox.run(
             "sql", [{"code": p} for p in programs], sqlite=sql_database(), limits=LIMITS
         )
-        return [r.json() for r in results]
+        return [(r.json(), r.settled) for r in results]
     results = sandbox.run(
         "shell", [{"code": p} for p in programs], files=shell_fixture(), limits=LIMITS
     )
-    return [r.stdout if r.ok else None for r in results]
+    return [(r.stdout if r.ok else None, r.settled) for r in results]
 
 
 def gold_outputs(sandbox: Sandbox, problems: Sequence[Problem]) -> list[Any]:
@@ -45,7 +46,7 @@ def gold_outputs(sandbox: Sandbox, problems: Sequence[Problem]) -> list[Any]:
         if idx:
             subset = [problems[i] for i in idx]
             ran = _run(sandbox, skill, [p.gold for p in subset], subset)
-            for i, out in zip(idx, ran, strict=True):
+            for i, (out, _) in zip(idx, ran, strict=True):
                 outputs[i] = out
     return outputs
 
@@ -54,9 +55,11 @@ class ExecutionMemo:
     """What answers gave when executed, by :func:`output_key`: each program runs once.
 
     What an answer gives depends only on its skill, its text and (code) its test cases: every
-    problem of a skill runs against the same fixture tree or database, with no clock and no
-    network. So an answer given before, to this problem or to another, is not run again, and
-    neither is an answer that is its problem's gold program (the gold run was that execution).
+    problem of a skill runs against the same fixture tree or database, with no network (an
+    answer that prints the clock keeps its first output: it is wrong either way). So an answer
+    given before, to this problem or to another, is not run again, and neither is an answer that
+    is its problem's gold program (the gold run was that execution). A run the sandbox failed
+    (not the answer's own outcome) is not kept.
 
     Attributes:
         outputs: output by key.
@@ -125,9 +128,9 @@ def score(
             continue
         first = [rows[0] for _, rows in runs]
         got = _run(sandbox, skill, [answers[i] for i in first], [problems[i] for i in first])
-        for (key, rows), out in zip(runs, got, strict=True):
+        for (key, rows), (out, settled) in zip(runs, got, strict=True):
             for i in rows:
                 have[i] = out
-            if memo is not None:
+            if memo is not None and settled:  # a sandbox failure is not the answer's output
                 memo.outputs[key] = out
     return [_verdict(p, h, w) for p, h, w in zip(problems, have, gold, strict=True)]
