@@ -39,7 +39,7 @@ metric_list:
 
 
 class LanguageRetention:
-    """Scorer: ``2 ** -bits_per_byte`` on held-out text, computed by ``lm_eval.simple_evaluate``.
+    """Scorer: ``2 ** -bits_per_byte`` on held-out text, computed by lm-eval's ``evaluate``.
 
     Args:
         documents: paragraphs per split.
@@ -78,14 +78,26 @@ class LanguageRetention:
             "val": paragraphs[:documents],
             "test": paragraphs[documents : 2 * documents],
         }
+        self._manager: Any = None
 
     takes_context = True
 
+    def _task(self, split: str) -> Any:
+        """lm-eval's task object for ``split``'s paragraphs, loaded fresh per call.
+
+        The task manager indexes this scorer's own two task files only (not lm-eval's thousands
+        of built-in YAML files, about 10 s a call), once per scorer.
+        """
+        from lm_eval.tasks import TaskManager, get_task_dict
+
+        if self._manager is None:
+            self._manager = TaskManager(include_path=str(self._dir), include_defaults=False)
+        return get_task_dict([f"{TASK}_{split}"], self._manager)
+
     def __call__(self, model: Any, split: str, context: ScoringContext | None = None) -> float:
         """``2 ** -bits_per_byte`` of ``model`` on ``split``'s paragraphs (context: tokenizer)."""
-        import lm_eval
+        from lm_eval.evaluator import evaluate
         from lm_eval.models.huggingface import HFLM
-        from lm_eval.tasks import TaskManager
 
         tokenizer = context.tokenizer if context is not None else None
         if tokenizer is None:
@@ -102,13 +114,15 @@ class LanguageRetention:
                 batch_size=self.batch_size,
                 max_length=self.max_length,
             )
-            manager = TaskManager(include_path=str(self._dir))
-            results = lm_eval.simple_evaluate(
-                model=lm,
-                tasks=[f"{TASK}_{split}"],
-                task_manager=manager,
-                verbosity="ERROR",
+            # lm-eval's evaluate, not simple_evaluate: the same scores without the run record
+            # simple_evaluate adds (the environment's package list and a `git describe` that
+            # prints to the terminal outside a repository), and no bootstrap of a stderr
+            results = evaluate(
+                lm=lm,
+                task_dict=self._task(split),
+                bootstrap_iters=0,
                 log_samples=False,
+                verbosity="ERROR",
             )
         bits_per_byte = results["results"][f"{TASK}_{split}"]["bits_per_byte,none"]
         return float(2.0**-bits_per_byte)

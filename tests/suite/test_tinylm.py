@@ -164,12 +164,12 @@ def test_report_metrics_are_checked_before_the_run(tmp_path):
         load_config(tmp_path / "b.yaml").check_names()
 
 
-def test_language_retention_is_lm_evals_bits_per_byte(micro):
+def test_language_retention_is_lm_evals_bits_per_byte(micro, capfd):
     import math
 
     import torch
 
-    from cycleqd.suite.language import LanguageRetention
+    from cycleqd.suite.language import TASK, LanguageRetention
 
     _, _, (base, experts) = micro
     model = PathsSource(base=base, experts=experts).make_model()
@@ -186,6 +186,10 @@ def test_language_retention_is_lm_evals_bits_per_byte(micro):
         size += len(text.encode())
     assert got == pytest.approx(2 ** -(nll / math.log(2) / size), rel=1e-4)
     assert 0 < got <= 1 and scorer(model, "test", context) != got
+    # lm-eval indexes this scorer's two tasks only (its thousands of built-in YAML files cost
+    # about 10 s a call), and nothing reaches the terminal (simple_evaluate ran `git describe`)
+    assert sorted(scorer._manager.all_tasks) == [f"{TASK}_test", f"{TASK}_val"]
+    assert capfd.readouterr().err == ""
 
 
 def test_experts_build_command_builds_once_and_prints_the_paths(tmp_path):
