@@ -128,7 +128,8 @@ class LeanLlama:
     @staticmethod
     def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         half = x.shape[-1] // 2
-        return x * cos + torch.cat((x[..., half:], x[..., :half]), dim=-1) * sin
+        # x * cos + rotated * sin, the same two products and sum, in place on fresh tensors
+        return (x * cos).add_(torch.cat((x[..., half:], x[..., :half]), dim=-1).mul_(sin))
 
     def start(self, ids: torch.Tensor, mask: torch.Tensor, capacity: int) -> torch.Tensor:
         """Run the prompts (``[B, T]``, left-padded, ``mask`` 1 on tokens); last logits ``[B, V]``.
@@ -217,7 +218,7 @@ class LeanLlama:
             x += (a if real is None else a[real]) @ layer.o
             h = self._rms(x, layer.norm2)
             gate, up = (h @ layer.gate_up).split(self.inner, dim=-1)
-            x += (F.silu(gate) * up) @ layer.down
+            x += F.silu(gate, inplace=True).mul_(up) @ layer.down  # silu(gate) * up, in place
         self.length = end
         self._count(batch, length, at, None if real is None else int(real.sum()))
         # each row's last token (left padding: every row's last column is a real token)
