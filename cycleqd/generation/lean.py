@@ -131,6 +131,7 @@ class LeanLlama:
         # x * cos + rotated * sin, the same two products and sum, in place on fresh tensors
         return (x * cos).add_(torch.cat((x[..., half:], x[..., :half]), dim=-1).mul_(sin))
 
+    @torch.no_grad()  # decoding only (the in-place products need it too)
     def start(self, ids: torch.Tensor, mask: torch.Tensor, capacity: int) -> torch.Tensor:
         """Run the prompts (``[B, T]``, left-padded, ``mask`` 1 on tokens); last logits ``[B, V]``.
 
@@ -158,6 +159,7 @@ class LeanLlama:
         self.positions = self.positions[:, -1:]
         return logits
 
+    @torch.no_grad()  # decoding only (the in-place products need it too)
     def step(self, token: torch.Tensor) -> torch.Tensor:
         """Feed one token per row (``[B]``); the next logits ``[B, V]``."""
         self.positions = self.positions + 1

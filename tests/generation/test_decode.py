@@ -112,6 +112,15 @@ def test_the_lean_decoder_gives_the_tokens_of_the_models_own_forward(model, toke
     assert len({len(t) for t in ours}) > 3  # rows ended at different steps
     # its work is counted (bench/decode.py's roofline): every call, prompts packed
     assert lean.flops > 0 and lean.bytes_read > 0 and len(lean.calls) > 2
+    # used by hand, outside greedy_decode's no_grad (parameters that require grad): the same
+    # first token as the model's own forward
+    encoded = tokenizer(prompts[:4], return_tensors="pt", padding=True, padding_side="left")
+    ids, mask = encoded["input_ids"], encoded["attention_mask"]
+    first = lean.start(ids, mask, ids.shape[1] + 2).argmax(-1)
+    positions = (mask.cumsum(-1) - 1).clamp_min(0)
+    own = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, -1]
+    assert torch.equal(first, own.argmax(-1))
+    assert lean.step(first).shape == (4, model.config.vocab_size)
 
 
 def test_the_lean_decoder_follows_weights_changed_in_place(model, tokenizer):
