@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import inspect
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -60,6 +61,27 @@ def _tokens_containing(tokenizer: Any, char: str, device: Any) -> torch.Tensor:
         texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
         cache[char] = torch.tensor([i for i, t in enumerate(texts) if char in t], dtype=torch.long)
     return cache[char].to(device)
+
+
+def _encode(tokenizer: Any, prompts: list[str]) -> tuple[Any, ...]:
+    """The prompts' ids and attention mask, left-padded, and their shared prefixes.
+
+    The prefixes: :func:`~cycleqd.generation.lean.prefix_nodes`. The last few batches are
+    cached on the tokenizer: a run decodes the same splits' prompts for every candidate.
+    """
+    from cycleqd.generation.lean import prefix_nodes
+
+    cache = tokenizer.__dict__.setdefault("_cycleqd_encoded", OrderedDict())
+    key = tuple(prompts)
+    if key in cache:
+        cache.move_to_end(key)
+        return cache[key]
+    encoded = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left")
+    ids, mask = encoded["input_ids"], encoded["attention_mask"]
+    cache[key] = ids, mask, prefix_nodes(ids, mask)
+    while len(cache) > 32:  # a run's splits and racing's prefixes fit
+        cache.popitem(last=False)
+    return cache[key]
 
 
 @torch.no_grad()
@@ -112,11 +134,11 @@ def greedy_decode(
             else list(max_new_tokens[start : start + batch_size]),
             device=device,
         )
-        encoded = tokenizer(chunk, return_tensors="pt", padding=True, padding_side="left")
-        ids = encoded["input_ids"].to(device)
-        mask = encoded["attention_mask"].to(device)
+        ids, mask, prefixes = _encode(tokenizer, chunk)
+        ids, mask = ids.to(device), mask.to(device)
         if lean is not None and bool(mask.sum(-1).all()):  # (an empty prompt: its own forward)
-            rows = _lean_rows(lean, ids, mask, limits, tokenizer.eos_token_id, stop_ids)
+            eos = tokenizer.eos_token_id
+            rows = _lean_rows(lean, ids, mask, prefixes, limits, eos, stop_ids)
         else:
             rows = _framework_rows(model, tokenizer, ids, mask, limits, stop, stop_ids)
         texts = tokenizer.batch_decode(rows, skip_special_tokens=True)
@@ -128,6 +150,7 @@ def _lean_rows(
     lean: Any,
     ids: torch.Tensor,
     mask: torch.Tensor,
+    prefixes: tuple[torch.Tensor, torch.Tensor],
     limits: torch.Tensor,
     eos: int | None,
     stop_ids: torch.Tensor | None,
@@ -135,34 +158,28 @@ def _lean_rows(
     """Each row's tokens, through :class:`~cycleqd.generation.lean.LeanLlama`.
 
     A row ends with its end-of-sequence or stop token or at its limit (that token kept, as in
-    :func:`_framework_rows`). Finished rows leave the batch in groups, a quarter of it at a
-    time, so that dropping them (a copy of the cache) costs less than computing them.
+    :func:`_framework_rows`), and leaves the batch at once (:meth:`LeanLlama.compact`).
     """
     batch = ids.shape[0]
     steps = int(limits.max())
     generated = torch.zeros(batch, steps, dtype=torch.long, device=ids.device)
     counts = torch.zeros(batch, dtype=torch.long, device=ids.device)
-    alive = torch.arange(batch, device=ids.device)  # original row of each row in the batch
-    running = torch.ones(batch, dtype=torch.bool, device=ids.device)  # per batch row
-    logits = lean.start(ids, mask, ids.shape[1] + steps)
+    alive = torch.arange(batch, device=ids.device)  # original row of each running row
+    logits = lean.start(ids, mask, ids.shape[1] + steps, prefixes)
     for step in range(steps):
         token = logits.argmax(dim=-1)
-        rows = alive[running]
-        generated[rows, counts[rows]] = token[running]
-        counts[rows] += 1
+        generated[alive, counts[alive]] = token
+        counts[alive] += 1
         ended = counts[alive] >= limits[alive]
         if eos is not None:
             ended |= token == eos
         if stop_ids is not None:
             ended |= torch.isin(token, stop_ids)
-        running &= ~ended
-        still = int(running.sum())
-        if still == 0 or step == steps - 1:
+        if step == steps - 1 or bool(ended.all()):
             break
-        if len(alive) - still >= max(8, len(alive) // 4):
-            kept = running.nonzero().squeeze(1)
-            lean.keep(kept)
-            alive, token, running = alive[kept], token[kept], running[kept]
+        if bool(ended.any()):
+            order = lean.compact(ended)
+            alive, token = alive[order], token[order]
         logits = lean.step(token)
     return [row[:n] for row, n in zip(generated.tolist(), counts.tolist(), strict=True)]
 

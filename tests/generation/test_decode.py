@@ -123,6 +123,50 @@ def test_the_lean_decoder_gives_the_tokens_of_the_models_own_forward(model, toke
     assert lean.step(first).shape == (4, model.config.vocab_size)
 
 
+def test_prefix_nodes_share_what_prompts_have_in_common():
+    from cycleqd.generation.lean import prefix_nodes
+
+    pad = 0
+    ids = torch.tensor([[pad, 5, 6, 7], [5, 6, 8, 9], [pad, pad, 5, 6], [pad, 4, 6, 7]])
+    mask = (ids != pad).long()
+    nodes, reps = prefix_nodes(ids, mask)
+    # distinct prefixes: 5 | 5 6 | 5 6 7 | 5 6 8 | 5 6 8 9 | 4 | 4 6 | 4 6 7
+    assert len(reps) == 8
+    grid = nodes.view(4, 4)
+    assert grid[0, 1:3].tolist() == grid[1, :2].tolist()  # rows 0 and 1 share "5 6"
+    assert grid[2, 2:].tolist() == grid[0, 1:3].tolist()  # "5 6": the same two nodes
+    assert grid[3, 2] != grid[0, 2]  # "4 6" is not "5 6": same token, other prefix
+    assert grid[1, 2] != grid[0, 3]  # "5 6 8" is not "5 6 7"
+    assert (nodes[mask.view(-1) == 0] == len(reps)).all()  # pads: the extra zero row
+    # each node's representative is a position holding that node, its first appearance
+    assert (nodes[reps] == torch.arange(len(reps))).all()
+    assert reps.tolist() == sorted(reps.tolist())
+
+
+def test_compaction_keeps_each_running_rows_cache(model, tokenizer):
+    """Rows dropped mid-batch: the rows moved into their slots decode on as if nothing moved."""
+    from cycleqd.generation.lean import LeanLlama
+
+    prompts = [p.prompt for p in generate("sql", "val", 7)]
+    encoded = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left")
+    ids, mask = encoded["input_ids"], encoded["attention_mask"]
+    whole, packed = LeanLlama(model), LeanLlama(model)
+    first = whole.start(ids, mask, ids.shape[1] + 4).argmax(-1)
+    assert torch.equal(first, packed.start(ids, mask, ids.shape[1] + 4).argmax(-1))
+    token = whole.step(first).argmax(-1)
+    packed.step(first)
+    drop = torch.tensor([False, True, False, False, True, False, True])
+    order = packed.compact(drop)
+    # four rows stay: row 5, the one kept behind the new end, moves into dropped row 1's slot
+    assert order.tolist() == [0, 5, 2, 3] and packed.rows == 4
+    full = whole.step(token)
+    kept = packed.step(token[order])
+    torch.testing.assert_close(kept, full[order], rtol=1e-5, atol=1e-5)
+    assert torch.equal(kept.argmax(-1), full[order].argmax(-1))
+    with pytest.raises(ValueError, match="one token per running row"):
+        packed.step(token)
+
+
 def test_the_lean_decoder_follows_weights_changed_in_place(model, tokenizer):
     prompts = [p.prompt for p in generate("code", "val", 6)]
     before = greedy_decode(model, tokenizer, prompts, max_new_tokens=8, stop=None, engine="lean")
