@@ -27,8 +27,11 @@ __all__ = ["Bank", "WeightSpace", "DEFAULT_SVD_EXCLUDE", "parse_dtype", "svd_tar
 #: Matrices factored per ``torch.linalg.svd`` call (bounds the transient memory of a bank's SVD).
 SVD_CHUNK = 8
 
-#: Matrices that SVD mutation leaves alone by default: embeddings and output heads are large and
-#: carry vocabulary, not skills (the reference code also mutates only the transformer blocks).
+#: Matrices that SVD mutation leaves alone by default: embeddings and output heads, which are
+#: large and carry vocabulary rather than skills. This is cycleqd's choice, not the reference
+#: code's: the reference skips only parameters whose name contains "norm", so it mutates the
+#: embeddings and the head too; ``exclude: null`` in the mutation's params follows it (norms are
+#: 1-D, never a target here). Which choice serves a run better has not been measured yet.
 DEFAULT_SVD_EXCLUDE = r"(embed|lm_head|wte|wpe|tok_embeddings|output\.weight$)"
 
 _DTYPES = {
