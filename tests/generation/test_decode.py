@@ -165,6 +165,8 @@ def test_compaction_keeps_each_running_rows_cache(model, tokenizer):
     assert torch.equal(kept.argmax(-1), full[order].argmax(-1))
     with pytest.raises(ValueError, match="one token per running row"):
         packed.step(token)
+    with pytest.raises(ValueError, match="a bool per running row"):
+        packed.compact(drop)
 
 
 def test_the_lean_decoder_follows_weights_changed_in_place(model, tokenizer):
