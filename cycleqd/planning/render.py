@@ -52,8 +52,11 @@ def print_plan(result: Plan, cfg: Any, console: Console, errors: Console) -> Non
                 f"  {w.task}: {w.problems} problems × {w.turns} turn(s), batch {w.batch}, "
                 f"context up to {w.sequence} tokens, backend {w.backend}"
             )
+    evo = cfg.evolution
+    children = evo.generations * evo.batch_size
     console.print(
-        f"Run: {cfg.evolution.generations} generations × {cfg.evolution.batch_size} children "
+        f"Run: {evo.generations} generations × {evo.batch_size} "
+        f"{'child' if evo.batch_size == 1 else 'children'} = {children:,} children "
         f"on {workers} worker(s) ≈ {result.run_hours:.1f} h"
     )
     for note in result.notes:

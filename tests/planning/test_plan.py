@@ -153,6 +153,8 @@ def test_the_papers_config_plans_for_one_h200():
     assert result.exit_code == 0, result.output
     assert "8.03 B parameters" in result.output and "NVIDIA H200" in result.output
     assert "fits" in result.output
+    # the paper's budget: 1,200 children, one per generation as the reference code makes them
+    assert "1200 generations × 1 child = 1,200 children" in result.output
     cfg = load_config(REPO / "experiments/llama3_8b_agentbench.yaml")
     cfg.check_names()  # every scorer and operator it names exists
     assert [t.scorer for t in cfg.tasks] == ["code_pass_at_1", "dbbench", "os_interaction"]
