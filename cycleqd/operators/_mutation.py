@@ -64,8 +64,8 @@ class SvdExpert:
         rate: scale of ``r`` (reference: 0.1).
         rank: keep only the top ``rank`` singular directions (``None``: all).
         include: regex of the matrices to mutate (default: every 2-D tensor).
-        exclude: regex of matrices left alone (default: embeddings and output heads, where the
-            reference code mutates them too: ``None`` follows it; see ``DEFAULT_SVD_EXCLUDE``).
+        exclude: regex of matrices left alone (default: embeddings and output heads; the
+            reference code mutates those too, and ``None`` follows it: ``DEFAULT_SVD_EXCLUDE``).
     """
 
     def __init__(
